@@ -1,0 +1,58 @@
+# Two commands on a fresh Debian machine with Python 3.11:
+#   make demo   set everything up, then run the main job
+#   make test   set everything up, then run the test suite
+# Both install what they need: Debian packages (ffmpeg, espeak-ng, Mesa EGL) when missing, the
+# virtual environment in .venv, and the project with its Python dependencies.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+# The venv is rebuilt whenever the dependency declaration changes.
+DEPS_HASH := $(shell cat pyproject.toml | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(DEPS_HASH)
+APT_PACKAGES := ffmpeg espeak-ng libegl1 libgl1-mesa-dri libegl-mesa0
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
+PYTEST_ARGS ?=
+EXAMPLE := tests/fixtures/grid_s1_bgaa8p.mpg
+
+# Keep the caches of numba, matplotlib, torch and gradio inside the project.
+export NUMBA_CACHE_DIR := $(CURDIR)/.cache/numba
+export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
+export TORCH_HOME := $(CURDIR)/.cache/torch
+export GRADIO_TEMP_DIR := $(CURDIR)/.cache/gradio
+
+.PHONY: demo test test-all bench system-deps venv clean
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "Python 3.11 is required"; exit 1; }
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: system-deps $(STAMP)
+
+# The main job. Until the Gradio demo exists, it prepares the bundled GRID example and prints its summary.
+demo: venv
+	$(BIN)/lipsync preprocess $(EXAMPLE) --out examples/grid_s1_prepared --overwrite --progress
+	@echo "previews: examples/grid_s1_prepared/previews/"
+
+test: venv
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: venv
+	$(BIN)/python -m eval.bench preprocess ../shared/data/grid_s1/s1_train_180s.mp4
+
+clean:
+	rm -rf $(VENV) .cache examples test-artifacts bench-results

@@ -1,0 +1,1 @@
+"""Human rating studies against baselines (issue 6)."""

@@ -1,0 +1,198 @@
+"""Reading video and audio through the ffmpeg command-line tools.
+
+ffmpeg (Debian's ``ffmpeg`` package, installed by ``make``) decodes every container and codec a
+user is likely to have, applies rotation metadata, and lets us resample audio exactly.
+Frames are RGB uint8 (H, W, 3), top row first.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .common import LipsyncError
+
+AUDIO_SAMPLE_RATE = 16_000  # Hz: the rate every audio feature in lipsync uses
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise LipsyncError(f"The '{name}' program was not found; install ffmpeg (e.g. 'apt-get install ffmpeg', which 'make' does for you).")
+    return path
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """Members:
+        path: the file.
+        width, height: frame size in pixels after rotation metadata is applied.
+        fps: frames per second (the stream's average frame rate).
+        frames: expected frame count (from the container; an estimate for some formats).
+        duration: seconds of video.
+        has_audio: whether there is at least one audio stream.
+        video_start, audio_start: stream start times in seconds (to align audio to frame 0).
+    """
+    path: Path
+    width: int
+    height: int
+    fps: float
+    frames: int
+    duration: float
+    has_audio: bool
+    video_start: float
+    audio_start: float
+
+
+def _rate(text: str | None) -> float:
+    try:
+        value = float(Fraction(text)) if text else 0.0
+    except (ValueError, ZeroDivisionError):
+        return 0.0
+    return value
+
+
+def probe(path: str | Path) -> VideoInfo:
+    """Describe a video file; raises ``LipsyncError`` for anything that is not a readable video."""
+    path = Path(path)
+    if not path.exists():
+        raise LipsyncError(f"{path} does not exist.")
+    if path.is_dir():
+        raise LipsyncError(f"{path} is a folder, not a video file.")
+    if path.stat().st_size == 0:
+        raise LipsyncError(f"{path} is empty (0 bytes); give a video file with a person talking.")
+    cmd = [_tool("ffprobe"), "-v", "error", "-show_streams", "-show_format", "-of", "json", str(path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        why = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
+        raise LipsyncError(f"{path} is not a readable video file ({why}); check that it is a complete, uncorrupted video.")
+    meta = json.loads(proc.stdout or "{}")
+    streams = meta.get("streams", [])
+    video = [s for s in streams if s.get("codec_type") == "video"
+             and not s.get("disposition", {}).get("attached_pic")]
+    audio = [s for s in streams if s.get("codec_type") == "audio"]
+    fmt_name = meta.get("format", {}).get("format_name", "")
+    if not video:
+        raise LipsyncError(f"{path} has no video stream; give a video file with a person talking.")
+    if fmt_name == "image2" or fmt_name.endswith("_pipe"):
+        raise LipsyncError(f"{path} is a still image, not a video; give a video of the person talking.")
+    v = video[0]
+    fps = _rate(v.get("avg_frame_rate")) or _rate(v.get("r_frame_rate"))
+    if not (0 < fps <= 240):
+        raise LipsyncError(f"{path} has no usable frame rate ({v.get('avg_frame_rate')}); re-encode it, e.g. 'ffmpeg -i IN -r 25 OUT.mp4'.")
+    duration = float(v.get("duration") or meta.get("format", {}).get("duration") or 0.0)
+    frames = int(v.get("nb_frames") or 0) or int(round(duration * fps))
+    width, height = int(v.get("width") or 0), int(v.get("height") or 0)
+    rotation = 0
+    for side in v.get("side_data_list", []) or []:
+        if "rotation" in side:
+            rotation = int(side["rotation"])
+    if abs(rotation) % 180 == 90:
+        width, height = height, width
+    return VideoInfo(path=path, width=width, height=height, fps=fps, frames=frames, duration=duration,
+                     has_audio=bool(audio), video_start=float(v.get("start_time") or 0.0),
+                     audio_start=float(audio[0].get("start_time") or 0.0) if audio else 0.0)
+
+
+class FrameReader:
+    """Iterate over a video's frames as RGB uint8 (H, W, 3), decoded by an ffmpeg subprocess.
+
+    Decoding runs in ffmpeg's own process; a reader thread collects its error output so that a
+    corrupt stream can be reported after the frames run out (``errors``).
+    """
+
+    def __init__(self, info: VideoInfo, *, max_frames: int | None = None):
+        self.info = info
+        self.max_frames = max_frames
+        self.errors: list[str] = []
+        self.frames_read = 0
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        w, h = self.info.width, self.info.height
+        cmd = [_tool("ffmpeg"), "-nostdin", "-v", "error", "-i", str(self.info.path), "-map", "0:v:0",
+               "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=w * h * 3 * 4)
+        err_thread = threading.Thread(target=self._drain, args=(proc.stderr,), daemon=True)
+        err_thread.start()
+        size = w * h * 3
+        try:
+            while self.max_frames is None or self.frames_read < self.max_frames:
+                buf = proc.stdout.read(size)
+                if len(buf) < size:
+                    break
+                self.frames_read += 1
+                yield np.frombuffer(buf, np.uint8).reshape(h, w, 3)
+        finally:
+            proc.stdout.close()
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            err_thread.join(timeout=5)
+
+    def _drain(self, stream) -> None:
+        for line in stream:
+            text = line.decode("utf-8", "replace").strip()
+            if text and len(self.errors) < 50:
+                self.errors.append(text)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """A still image as RGB uint8 (H, W, 3)."""
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise LipsyncError(f"{path} is not a readable image file.")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def load_audio(path: str | Path, *, sample_rate: int = AUDIO_SAMPLE_RATE, stream: int = 0) -> np.ndarray:
+    """Decode the audio of any file ffmpeg reads (wav, mp3, m4a, a video...) to mono float32 (S,)."""
+    cmd = [_tool("ffmpeg"), "-nostdin", "-v", "error", "-i", str(path), "-map", f"0:a:{stream}",
+           "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "-"]
+    proc = subprocess.run(cmd, capture_output=True)
+    if proc.returncode != 0:
+        why = (proc.stderr.decode("utf-8", "replace").strip().splitlines() or ["unknown error"])[-1]
+        raise LipsyncError(f"The audio of {path} could not be decoded ({why}).")
+    return np.frombuffer(proc.stdout, np.float32).copy()
+
+
+def extract_aligned_audio(info: VideoInfo, num_frames: int, *, sample_rate: int = AUDIO_SAMPLE_RATE) -> np.ndarray:
+    """The video's speech track as mono float32 (S,), aligned so sample 0 is the start of frame 0.
+
+    Streams that start later than the video are padded with silence, earlier ones trimmed, and the
+    result is cut or padded to exactly ``num_frames / fps`` seconds.
+    """
+    if not info.has_audio:
+        raise LipsyncError(f"{info.path} has no audio track; lipsync learns from speech, so give a video with its sound (or add one: 'ffmpeg -i VIDEO -i AUDIO -c:v copy -map 0:v -map 1:a OUT.mp4').")
+    audio = load_audio(info.path, sample_rate=sample_rate)
+    offset = int(round((info.audio_start - info.video_start) * sample_rate))
+    if offset > 0:
+        audio = np.concatenate([np.zeros(offset, np.float32), audio])
+    elif offset < 0:
+        audio = audio[-offset:]
+    total = int(round(num_frames / info.fps * sample_rate))
+    if len(audio) < total:
+        audio = np.concatenate([audio, np.zeros(total - len(audio), np.float32)])
+    return audio[:total]
+
+
+def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int = AUDIO_SAMPLE_RATE) -> None:
+    import soundfile as sf
+
+    sf.write(str(path), np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16")
+
+
+def ffmpeg_version() -> str:
+    try:
+        out = subprocess.run([_tool("ffmpeg"), "-version"], capture_output=True, text=True).stdout
+    except LipsyncError:
+        return "missing"
+    return out.split("\n", 1)[0].replace("ffmpeg version ", "").split(" ")[0]
