@@ -9,7 +9,7 @@ frame t, ``log A_t(u) = log albedo(u) + g_t(u)``.
    polynomials that are odd in the horizontal coordinate and remove it.
 2. Temporal (every frame): with the normalized reference as albedo, each frame's log-ratio to it
    over skin texels is a smooth per-channel field g_t (a low-order 2D polynomial), fitted robustly
-   (Huber IRLS) so lips, shadows of hair or a hand do not bias it. Dividing by exp(g_t) gives the
+   (Huber, then Tukey IRLS) so lips, shadows of hair or a hand do not bias it. Dividing by exp(g_t) gives the
    frame under the reference's (normalized) light; multiplying the target frame's exp(g_t) back at
    synthesis puts the target's lighting back.
 
@@ -17,7 +17,6 @@ Coefficients are stored per frame (``LightingParams``) so either step can be re-
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,39 +73,56 @@ def to_log(atlas: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(np.asarray(atlas, np.float32) / 255.0, LOG_FLOOR))
 
 
-def robust_fit(basis: np.ndarray, target: np.ndarray, weight: np.ndarray, *, iters: int = 4,
-               huber: float = 1.345, ridge: float = 1e-4) -> np.ndarray:
-    """Batched Huber-IRLS least squares: coeffs (B, C, K) minimizing sum w * rho(basis @ c - y).
+def robust_fit(basis: np.ndarray, target: np.ndarray, weight: np.ndarray, *, huber_iters: int = 2,
+               tukey_iters: int = 4, huber: float = 1.345, tukey: float = 4.685, ridge: float = 1e-4) -> np.ndarray:
+    """Batched robust least squares: coeffs (B, C, K) with ``basis @ coeffs[b, c] ~= target[b, :, c]``.
 
     Args:
         basis: (N, K) design matrix shared by the batch.
         target: (B, N, C) values.
         weight: (B, N) non-negative prior weights (0 = ignore).
+
+    Iteratively reweighted least squares: a few Huber steps from the plain fit, then Tukey
+    bisquare steps, which give zero weight to gross outliers (a hand, a hair strand, a hard shadow
+    covering a tenth of the skin). The robust scale (median absolute residual over the weighted
+    points) is re-estimated at every step. Each step is a few matrix products over the points: the
+    normal equations of all B*C problems come from one product with the per-point outer products
+    of the basis.
     """
-    basis = basis.astype(np.float64)
-    y = target.astype(np.float64)
-    w0 = weight.astype(np.float64)
-    w = np.repeat(w0[:, None, :], y.shape[2], axis=1)  # (B, C, N)
-    yt = np.moveaxis(y, 2, 1)  # (B, C, N)
-    k = basis.shape[1]
+    basis = basis.astype(np.float32)
+    n, k = basis.shape
+    b, c = target.shape[0], target.shape[2]
+    yt = np.ascontiguousarray(np.moveaxis(np.asarray(target, np.float32), 2, 1)).reshape(b * c, n)  # (BC, N)
+    w0 = np.repeat(np.asarray(weight, np.float32), c, axis=0)  # (BC, N)
+    use = w0 > 0
+    outer = (basis[:, :, None] * basis[:, None, :]).reshape(n, k * k)  # (N, K*K)
     eye = ridge * np.eye(k)
-    coef = np.zeros((y.shape[0], y.shape[2], k))
+    w = w0
+    iters = huber_iters + tukey_iters
     for it in range(iters + 1):
-        wb = w[..., None] * basis  # (B, C, N, K)
-        ata = np.swapaxes(wb, -1, -2) @ basis + eye  # (B, C, K, K)
-        atb = np.swapaxes(wb, -1, -2) @ yt[..., None]  # (B, C, K, 1)
-        coef = np.linalg.solve(ata, atb)[..., 0]
+        # accumulate in float32 (fast products), solve the small K x K systems in float64
+        ata = (w @ outer).reshape(-1, k, k).astype(np.float64) + eye
+        atb = ((w * yt) @ basis).astype(np.float64)  # (BC, K)
+        coef = np.linalg.solve(ata, atb[..., None])[..., 0].astype(np.float32)
         if it == iters:
             break
-        absr = np.abs(yt - coef @ basis.T)  # (B, C, N)
-        # robust scale: median absolute residual over the points with prior weight
-        masked = np.where(w0[:, None, :] > 0, absr, np.nan)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: frames with no skin
-            scale = np.nan_to_num(np.nanmedian(masked, axis=-1), nan=1.0) / 0.6745 + 1e-6
-        thr = huber * scale[..., None]
-        w = w0[:, None, :] * np.where(absr <= thr, 1.0, thr / np.maximum(absr, 1e-12))
-    return coef.astype(np.float32)
+        absr = np.abs(yt - coef @ basis.T)  # (BC, N)
+        scale = masked_row_median(absr, use)[:, None] / 0.6745 + 1e-4
+        if it < huber_iters:
+            w = w0 * np.minimum(1.0, huber * scale / np.maximum(absr, 1e-12), dtype=np.float32)
+        else:
+            u = np.minimum(absr / (tukey * scale), 1.0)
+            w = w0 * np.square(1.0 - np.square(u))
+    return coef.reshape(b, c, k).astype(np.float32)
+
+
+def masked_row_median(values: np.ndarray, use: np.ndarray) -> np.ndarray:
+    """Median (lower middle) of each row of ``values`` (R, N) over the entries where ``use``; 1.0 for rows with none."""
+    count = use.sum(1)
+    s = np.sort(np.where(use, values, np.inf), axis=1)
+    mid = np.clip((count - 1) // 2, 0, values.shape[1] - 1)
+    med = s[np.arange(len(s)), mid]
+    return np.where(count > 0, med, 1.0)
 
 
 def mirror_sample(image: np.ndarray, mirror_xy: np.ndarray) -> np.ndarray:

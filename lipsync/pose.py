@@ -41,7 +41,8 @@ class HeadPose:
         return invert_similarity(landmarks, self.scale, self.rotation, self.translation)
 
     def euler_degrees(self) -> np.ndarray:
-        """float32 (T, 3): yaw, pitch, roll in degrees relative to the canonical (reference) pose."""
+        """float32 (T, 3): yaw, pitch, roll in degrees relative to the canonical frame (the reference shape,
+        frontalized by its left/right symmetry)."""
         return rotation_to_euler(self.rotation)
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .lighting import LightingParams, apply_log_gain
+from .lighting import LightingParams
 from .topology import FaceTopology
 
 
@@ -85,11 +85,16 @@ def write_previews(folder: Path, *, topo: FaceTopology, landmarks: np.ndarray, r
     from .lighting import poly_basis
 
     uu, vv = np.meshgrid(c, c)
-    basis = poly_basis(uu[skin], vv[skin], lighting.temporal_terms)  # (N, K)
+    skin_idx = np.flatnonzero(skin.ravel())
+    if len(skin_idx) > 2000:  # the mean gain over 2000 skin texels is as good as over all of them
+        skin_idx = np.sort(np.random.default_rng(0).choice(skin_idx, 2000, replace=False))
+    basis_t = poly_basis(uu.ravel()[skin_idx], vv.ravel()[skin_idx], lighting.temporal_terms).T  # (K, N)
     mean_gain = np.full((len(valid), 3), np.nan)
-    ok = np.isfinite(lighting.gains).all(axis=(1, 2))
-    if ok.any() and len(basis):
-        mean_gain[ok] = np.exp(np.einsum("nk,tck->tnc", basis, lighting.gains[ok])).mean(1)
+    ok = np.flatnonzero(np.isfinite(lighting.gains).all(axis=(1, 2)))
+    for start in range(0, len(ok) if len(skin_idx) else 0, 512):
+        rows = ok[start:start + 512]
+        g = lighting.gains[rows].reshape(-1, basis_t.shape[0]) @ basis_t  # (B*3, N)
+        mean_gain[rows] = np.exp(g).mean(1).reshape(len(rows), 3)
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.4), gridspec_kw={"width_ratios": [3, 1]})
     for ch, col in enumerate(("tab:red", "tab:green", "tab:blue")):
         axes[0].plot(t, mean_gain[:, ch], color=col, lw=1, label="RGB"[ch])
@@ -131,6 +136,3 @@ def write_previews(folder: Path, *, topo: FaceTopology, landmarks: np.ndarray, r
     out["pose"] = "previews/pose.png"
     return out
 
-
-def reapply_lighting_preview(atlas: np.ndarray, mask: np.ndarray, field: np.ndarray) -> np.ndarray:
-    return apply_log_gain(atlas, field, mask, sign=+1.0)
