@@ -31,7 +31,8 @@ import numpy as np
 from . import __version__
 from .atlas import build_sampler, extract_atlas, region_masks
 from .common import LipsyncError
-from .lighting import (LightingParams, apply_log_gain, estimate_gains, estimate_spatial, log_field, to_log)
+from .lighting import (LightingParams, apply_log_gain, estimate_gains, estimate_spatial, log_field, masked_row_median,
+                       poly_basis, poly_terms, to_log)
 from .media import FrameReader, VideoInfo, extract_aligned_audio, ffmpeg_version, probe, write_wav
 from .pose import HeadPose, apply_similarity, fit_similarity, invert_similarity, normalize_poses, symmetry_frame
 from .prepared import ARRAYS, FORMAT_VERSION, MANIFEST, REGION_NAMES, array_entry
@@ -207,6 +208,11 @@ def atomic_output(out: Path, *, overwrite: bool):
         if not (out / MANIFEST).is_file():
             raise LipsyncError(f"{out} is not a prepared clip, so --overwrite will not replace it; choose another folder.")
     parent = out.parent
+    ancestor = next((p for p in [parent, *parent.parents] if p.exists()), Path("/"))
+    if not ancestor.is_dir():
+        raise LipsyncError(f"Cannot write the output folder {out}: {ancestor} is a file, not a folder; choose another location.")
+    created = parent if not parent.exists() else None  # removed again if we fail
+    _remove_stale_partials(parent, out.name)
     try:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = parent / f".{out.name}.partial-{os.getpid()}"
@@ -226,7 +232,31 @@ def atomic_output(out: Path, *, overwrite: bool):
             os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if created is not None:
+            _remove_empty_dirs(created, stop=ancestor)
         raise
+
+
+def _remove_stale_partials(parent: Path, name: str) -> None:
+    """Delete temporary folders of earlier runs that were killed (their process is gone)."""
+    if not parent.is_dir():
+        return
+    for p in parent.glob(f".{name}.partial-*"):
+        try:
+            pid = int(p.name.rsplit("-", 1)[1])
+            os.kill(pid, 0)  # raises if no such process
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except (ValueError, PermissionError):
+            continue
+
+
+def _remove_empty_dirs(folder: Path, *, stop: Path) -> None:
+    """Remove ``folder`` and its parents up to (not including) ``stop`` while they are empty."""
+    for p in [folder, *folder.parents]:
+        if p == stop or not p.is_dir() or any(p.iterdir()):
+            break
+        p.rmdir()
 
 
 def _save(folder: Path, name: str, array: np.ndarray, arrays: dict) -> None:
@@ -250,10 +280,10 @@ def preprocess(video: str | Path, out: str | Path, *, options: PreprocessOptions
     # 1. probe
     with timer.stage("probe"):
         info = probe(video)
-        if not info.has_audio:
-            extract_aligned_audio(info, 0)  # raises the no-audio error before any slow work
         if info.frames < 2 or info.duration < options.min_seconds:
             raise LipsyncError(f"{info.path} is too short ({info.frames} frame(s), {info.duration:.2f} s); give at least {options.min_seconds:g} s of video (1-5 minutes works best).")
+        if not info.has_audio:
+            extract_aligned_audio(info, 0)  # raises the no-audio error before any slow work
 
     with atomic_output(out, overwrite=overwrite) as tmp:
         # 2. track
@@ -346,23 +376,40 @@ def preprocess(video: str | Path, out: str | Path, *, options: PreprocessOptions
             s_field = log_field(s_coef, s_terms, size)
             ref_log = to_log(ref_raw) - s_field
             ref_norm = apply_log_gain(ref_raw, s_field, ref_valid)
-            gains = np.full((n, 3, len(_terms(options.lighting_degree))), np.nan, np.float32)
-            stats = _LightingStats(skin, ref_log)
+            gains = np.full((n, 3, len(poly_terms(options.lighting_degree))), np.nan, np.float32)
+            stats = _LightingStats()
+            t_terms = poly_terms(options.lighting_degree)
+            # Work on the texels the mesh covers only; statistics on a fixed subset of skin texels.
+            covered = np.flatnonzero(sampler.covered_mask().ravel())
+            c = (np.arange(size, dtype=np.float32) + 0.5) / size
+            gu, gv = np.meshgrid(c, c)
+            basis_cov_t = np.ascontiguousarray(poly_basis(gu.ravel()[covered], gv.ravel()[covered], t_terms).T)  # (K, N)
+            skin_cov = np.flatnonzero(skin.ravel()[covered])
+            skin_cov = np.sort(np.random.default_rng(0).choice(skin_cov, min(len(skin_cov), 4000), replace=False))
+            ref_skin = ref_log.reshape(-1, 3)[covered][skin_cov]
             for start in range(0, n, options.chunk):
                 sl = slice(start, min(n, start + options.chunk))
-                a, m = np.asarray(atlas[sl]), np.asarray(masks[sl])
-                t_terms, coef = estimate_gains(a, m, ref_log, skin, degree=options.lighting_degree)
+                a, m = atlas[sl], masks[sl]  # views into the memory-mapped output, normalized in place
+                _, coef = estimate_gains(a, m, ref_log, skin, degree=options.lighting_degree)
                 coef[~valid[sl]] = np.nan
                 gains[sl] = coef
-                for j in range(len(a)):
-                    if valid[sl][j] and np.isfinite(coef[j]).all():
-                        fld = log_field(coef[j], t_terms, size)
-                        stats.add(a[j], m[j], fld)
-                        a[j] = apply_log_gain(a[j], fld, m[j])
-                    else:
-                        m[j] = False
-                        a[j] = 0
-                atlas[sl], masks[sl] = a, m
+                ok = np.isfinite(coef).all(axis=(1, 2))
+                b = len(a)
+                # texels outside ``covered`` are already zero and masked out by extract_atlas
+                a_flat, m_flat = a.reshape(b, -1, 3), m.reshape(b, -1)
+                m_cov = m_flat[:, covered] & ok[:, None]
+                # log-gain of every covered texel: (B*3, K) @ (K, N) -> (B, 3, N)
+                fld = (np.nan_to_num(coef).reshape(b * 3, -1) @ basis_cov_t).reshape(b, 3, -1)
+                a_cov = a_flat[:, covered]
+                stats.add(a_cov[ok][:, skin_cov], m_cov[ok][:, skin_cov], fld[ok][:, :, skin_cov].transpose(0, 2, 1),
+                          ref_skin)
+                np.negative(fld, out=fld)
+                normed = a_cov * np.exp(fld, out=fld).transpose(0, 2, 1)  # exp on the contiguous layout: fast
+                normed += 0.5
+                normed = np.clip(normed, 0, 255, out=normed).astype(np.uint8)
+                normed[~m_cov] = 0
+                a_flat[:, covered] = normed
+                m_flat[:, covered] = m_cov
                 progress("lighting", sl.stop, n)
             atlas.flush()
             masks.flush()
@@ -467,12 +514,6 @@ def manifest_mouth(verts: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return np.where(valid, mouth_opening(np.nan_to_num(verts)), np.nan)
 
 
-def _terms(degree: int):
-    from .lighting import poly_terms
-
-    return poly_terms(degree)
-
-
 def _range(x: np.ndarray) -> list[float]:
     return [round(float(np.min(x)), 2), round(float(np.max(x)), 2)] if len(x) else [0.0, 0.0]
 
@@ -486,22 +527,23 @@ def _spread(idx: np.ndarray, k: int) -> np.ndarray:
 class _LightingStats:
     """Accumulates how much lighting varies over skin texels before and after normalization."""
 
-    def __init__(self, skin: np.ndarray, ref_log: np.ndarray):
-        self.skin = skin
-        self.ref_log = ref_log
+    def __init__(self):
         self.mean_before, self.mean_after, self.res_before, self.res_after = [], [], [], []
 
-    def add(self, atlas: np.ndarray, mask: np.ndarray, field: np.ndarray) -> None:
-        sel = self.skin & mask
-        if sel.sum() < 100:
+    def add(self, atlas: np.ndarray, mask: np.ndarray, field: np.ndarray, ref: np.ndarray) -> None:
+        """atlas uint8 (B, N, 3), mask bool (B, N), field (B, N, 3), ref (N, 3): skin texels of a batch."""
+        keep = mask.sum(1) >= 50
+        if not keep.any():
             return
-        la = to_log(atlas)[sel]
-        ln = la - field[sel]
-        r = self.ref_log[sel]
-        self.mean_before.append(float(la.mean()))
-        self.mean_after.append(float(ln.mean()))
-        self.res_before.append(float(np.median(np.abs(la - r))))
-        self.res_after.append(float(np.median(np.abs(ln - r))))
+        la, mk, fl = to_log(atlas[keep]), mask[keep], field[keep]
+        ln = la - fl
+        use = np.repeat(mk, 3, axis=1)  # (B, N*3), matching the flattened texel-channel values
+        count = use.sum(1)
+        b = len(la)
+        self.mean_before.extend((la.reshape(b, -1) * use).sum(1) / count)
+        self.mean_after.extend((ln.reshape(b, -1) * use).sum(1) / count)
+        self.res_before.extend(masked_row_median(np.abs(la - ref).reshape(b, -1), use))
+        self.res_after.extend(masked_row_median(np.abs(ln - ref).reshape(b, -1), use))
 
     def summary(self, sym_before: float, sym_after: float) -> dict:
         f = lambda v: round(float(v), 5)  # noqa: E731
