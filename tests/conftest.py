@@ -1,0 +1,65 @@
+"""Shared fixtures: the bundled GRID clip, one prepared clip per session, and ways to make bad videos."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lipsync.common import setup_cache_env
+
+setup_cache_env()
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+GRID_CLIP = FIXTURES / "grid_s1_bgaa8p.mpg"
+GRID_ALIGN = FIXTURES / "grid_s1_bgaa8p.align"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def ffmpeg(*args: str) -> None:
+    """Run ffmpeg quietly; fail the test with its message if it fails."""
+    proc = subprocess.run([shutil.which("ffmpeg") or "ffmpeg", "-nostdin", "-v", "error", "-y", *args],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.fail(f"ffmpeg {' '.join(args)} failed: {proc.stderr.strip()}")
+
+
+@pytest.fixture(scope="session")
+def grid_clip() -> Path:
+    assert GRID_CLIP.is_file(), "the GRID fixture ships with the repository"
+    return GRID_CLIP
+
+
+@pytest.fixture(scope="session")
+def prepared_grid(tmp_path_factory, grid_clip):
+    """The bundled GRID clip preprocessed once per session (with previews and the raw atlas)."""
+    from lipsync.preprocessing import PreprocessOptions, preprocess
+    from lipsync.prepared import open_prepared
+
+    out = tmp_path_factory.mktemp("prepared") / "grid"
+    preprocess(grid_clip, out, options=PreprocessOptions(keep_raw_atlas=True))
+    return open_prepared(out)
+
+
+@pytest.fixture(scope="session")
+def face_model(prepared_grid):
+    """A real canonical face (reference vertices), its UV layout and the shipped topology."""
+    from lipsync.topology import load_topology
+
+    return {"vertices": np.array(prepared_grid.array("reference_vertices")),
+            "uv": np.array(prepared_grid.array("uv")), "topo": load_topology()}
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"needs the shared development data at {SHARED_DATA}, which is absent on this machine")
+    return SHARED_DATA
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Names of anything in ``folder`` (used to check that failures leave nothing behind)."""
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
