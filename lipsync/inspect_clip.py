@@ -13,13 +13,15 @@ def summarize(clip: PreparedClip) -> str:
         f"source          {m['source']}",
         f"video           {m['width']}x{m['height']}, {m['fps']:g} fps, {m['frames']} frames ({m['duration_s']:.1f} s)",
         f"usable frames   {100 * m['valid_fraction']:.1f}% ({m['usable_s']:.1f} s; {m['interpolated_frames']} interpolated, "
-        f"{m['excluded_frames']} excluded; tracked in {100 * m['tracked_fraction']:.1f}%)",
+        f"{m['excluded_frames']} excluded, of which {m.get('appearance_outliers', 0)} unlike the face; "
+        f"tracked in {100 * m['tracked_fraction']:.1f}%)",
+        f"shots           {len(m.get('cuts', [])) + 1} (cuts found in the footage: {len(m.get('cuts', []))})",
         f"face            {m['face_width_px']:.0f} px wide; up to {m['faces_seen_max']} face(s) seen",
         f"reference frame {m['reference_frame']} (t = {m['reference_frame'] / m['fps']:.2f} s)",
         "head pose       yaw {:+.1f}..{:+.1f} deg, pitch {:+.1f}..{:+.1f} deg, roll {:+.1f}..{:+.1f} deg".format(
             *pose["yaw_deg"], *pose["pitch_deg"], *pose["roll_deg"]),
         f"atlas           {m['atlas_size']}x{m['atlas_size']} texels",
-        "lighting        frame-to-frame brightness std {:.3f} -> {:.3f}; residual vs reference {:.3f} -> {:.3f}; "
+        "lighting        skin brightness change over time (std) {:.3f} -> {:.3f}; residual vs reference {:.3f} -> {:.3f}; "
         "left/right asymmetry {:.3f} -> {:.3f} (log units, before -> after)".format(
             light["temporal_std_before"], light["temporal_std_after"], light["residual_before"],
             light["residual_after"], light["asymmetry_before"], light["asymmetry_after"]),

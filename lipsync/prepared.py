@@ -24,8 +24,9 @@ ARRAYS: dict[str, tuple[str, str, str]] = {
     "landmarks": ("float32", "T,V,3", "smoothed image-space landmarks (pixels; x right, y down, z away from camera); NaN in excluded frames"),
     "landmarks_raw": ("float32", "T,V,3", "landmarks exactly as tracked; NaN where tracking failed"),
     "tracked": ("bool", "T", "the tracker found the face in this frame"),
-    "valid": ("bool", "T", "usable for training: tracked, or inside a short gap that was interpolated"),
+    "valid": ("bool", "T", "usable for training: tracked (or inside a short interpolated gap) and not an appearance outlier"),
     "interpolated": ("bool", "T", "filled by interpolation across a short tracking gap"),
+    "cuts": ("bool", "T", "frame starts a new shot (an edit in the footage); nothing is smoothed, interpolated or conditioned across it"),
     "pose_scale": ("float32", "T", "pose scale s (pixels per canonical unit); landmarks = s * R @ vertices + t"),
     "pose_rotation": ("float32", "T,3,3", "pose rotation R (canonical -> camera)"),
     "pose_translation": ("float32", "T,3", "pose translation t (pixels)"),
@@ -39,6 +40,8 @@ ARRAYS: dict[str, tuple[str, str, str]] = {
     "region_masks": ("bool", "4,S,S", "atlas regions: skin, mouth (lips and interior), lower_face, eyes"),
     "lighting_gains": ("float32", "T,3,K", "per-frame log-gain coefficients (temporal lighting) relative to the reference"),
     "lighting_spatial": ("float32", "3,Ka", "log-gain coefficients of the reference's left/right lighting"),
+    "skin_residual": ("float32", "T", "median |log atlas - log reference| over skin after normalization (NaN: no skin seen)"),
+    "skin_correlation": ("float32", "T", "correlation of the skin's log luminance with the reference's (NaN: no skin seen)"),
     "mouth_opening": ("float32", "T", "inner-lip gap over mouth width, from the smoothed vertices"),
 }
 OPTIONAL_ARRAYS = {"atlas_raw": ("uint8", "T,S,S,3", "atlas before lighting normalization (only with --keep-raw-atlas)")}

@@ -36,7 +36,7 @@ from .lighting import (LightingParams, apply_log_gain, estimate_gains, estimate_
 from .media import FrameReader, VideoInfo, extract_aligned_audio, ffmpeg_version, probe, write_wav
 from .pose import HeadPose, apply_similarity, fit_similarity, invert_similarity, normalize_poses, symmetry_frame
 from .prepared import ARRAYS, FORMAT_VERSION, MANIFEST, REGION_NAMES, array_entry
-from .temporal import fill_gaps, savgol_window, segments, smooth
+from .temporal import detect_cuts, fill_gaps, savgol_window, segments, smooth
 from .topology import (CHIN, FOREHEAD_TOP, INNER_LIP_BOTTOM, INNER_LIP_TOP, LEFT_EYE_LIDS, LEFT_EYE_OUTER,
                        MOUTH_CORNERS, RIGHT_EYE_LIDS, RIGHT_EYE_OUTER, FaceTopology, load_topology)
 from .tracking import MediaPipeTracker, track_frames
@@ -108,7 +108,8 @@ def mouth_opening(vertices: np.ndarray) -> np.ndarray:
     """Inner-lip gap over mouth-corner distance (T,), from pose-normalized vertices."""
     gap = np.linalg.norm(vertices[:, INNER_LIP_TOP] - vertices[:, INNER_LIP_BOTTOM], axis=-1)
     width = np.linalg.norm(vertices[:, MOUTH_CORNERS[0]] - vertices[:, MOUTH_CORNERS[1]], axis=-1)
-    return gap / width
+    with np.errstate(invalid="ignore", divide="ignore"):  # excluded frames: NaN
+        return gap / width
 
 
 def choose_reference(landmarks: np.ndarray, valid: np.ndarray, topo: FaceTopology, count: int):
@@ -152,7 +153,7 @@ def canonical_reference(landmarks: np.ndarray, frames: np.ndarray, topo: FaceTop
     return ref.astype(np.float32)
 
 
-def smooth_pose(pose: HeadPose, valid: np.ndarray, window: int) -> HeadPose:
+def smooth_pose(pose: HeadPose, valid: np.ndarray, window: int, breaks: np.ndarray | None = None) -> HeadPose:
     """Zero-phase smoothing of rotation (as rotation vectors), log scale and translation."""
     from scipy.spatial.transform import Rotation
 
@@ -160,10 +161,10 @@ def smooth_pose(pose: HeadPose, valid: np.ndarray, window: int) -> HeadPose:
     if valid.any():
         vec = np.zeros((len(rot), 3), np.float32)
         vec[valid] = Rotation.from_matrix(rot[valid].astype(np.float64)).as_rotvec()
-        vec = smooth(vec, valid, window=window)
+        vec = smooth(vec, valid, window=window, breaks=breaks)
         rot[valid] = Rotation.from_rotvec(vec[valid].astype(np.float64)).as_matrix()
-    log_s = smooth(np.log(np.where(valid, pose.scale, 1.0)), valid, window=window)
-    trans = smooth(pose.translation, valid, window=window)
+    log_s = smooth(np.log(np.where(valid, pose.scale, 1.0)), valid, window=window, breaks=breaks)
+    trans = smooth(pose.translation, valid, window=window, breaks=breaks)
     scale = np.where(valid, np.exp(log_s), np.nan).astype(np.float32)
     return HeadPose(scale=scale, rotation=rot.astype(np.float32), translation=trans)
 
@@ -315,7 +316,8 @@ def preprocess(video: str | Path, out: str | Path, *, options: PreprocessOptions
         # 3. clean: interpolate short gaps, exclude long ones
         with timer.stage("clean"):
             max_gap = int(np.floor(options.max_gap_s * info.fps))
-            filled, valid, interpolated = fill_gaps(track.landmarks, track.tracked, max_gap)
+            cuts = detect_cuts(track.landmarks, topo.regions["stable"])
+            filled, valid, interpolated = fill_gaps(track.landmarks, track.tracked, max_gap, breaks=cuts)
             if valid.sum() < max(2, options.min_seconds * info.fps):
                 raise LipsyncError(f"A face was found in only {int(track.tracked.sum())} of {n} frames of {info.path}; give a video where the face is visible most of the time.")
 
@@ -324,9 +326,10 @@ def preprocess(video: str | Path, out: str | Path, *, options: PreprocessOptions
             ref_frame, candidates = choose_reference(filled, valid, topo, options.reference_candidates)
             reference = canonical_reference(filled, candidates, topo)
             pose = normalize_poses(filled, reference, topo.regions["stable"], valid=valid)
-            pose = smooth_pose(pose, valid, savgol_window(info.fps, options.pose_smooth_s))
+            pose = smooth_pose(pose, valid, savgol_window(info.fps, options.pose_smooth_s), breaks=cuts)
             verts = pose.invert(np.nan_to_num(filled))
-            verts = smooth(verts, valid, window=savgol_window(info.fps, options.shape_smooth_s), polyorder=3)
+            verts = smooth(verts, valid, window=savgol_window(info.fps, options.shape_smooth_s), polyorder=3,
+                           breaks=cuts)
             verts[~valid] = np.nan
             landmarks = pose.apply(np.nan_to_num(verts))
             landmarks[~valid] = np.nan
@@ -377,7 +380,7 @@ def preprocess(video: str | Path, out: str | Path, *, options: PreprocessOptions
             ref_log = to_log(ref_raw) - s_field
             ref_norm = apply_log_gain(ref_raw, s_field, ref_valid)
             gains = np.full((n, 3, len(poly_terms(options.lighting_degree))), np.nan, np.float32)
-            stats = _LightingStats()
+            stats = _LightingStats(n)
             t_terms = poly_terms(options.lighting_degree)
             # Work on the texels the mesh covers only; statistics on a fixed subset of skin texels.
             covered = np.flatnonzero(sampler.covered_mask().ravel())
@@ -401,8 +404,8 @@ def preprocess(video: str | Path, out: str | Path, *, options: PreprocessOptions
                 # log-gain of every covered texel: (B*3, K) @ (K, N) -> (B, 3, N)
                 fld = (np.nan_to_num(coef).reshape(b * 3, -1) @ basis_cov_t).reshape(b, 3, -1)
                 a_cov = a_flat[:, covered]
-                stats.add(a_cov[ok][:, skin_cov], m_cov[ok][:, skin_cov], fld[ok][:, :, skin_cov].transpose(0, 2, 1),
-                          ref_skin)
+                stats.add(np.arange(sl.start, sl.stop)[ok], a_cov[ok][:, skin_cov], m_cov[ok][:, skin_cov],
+                          fld[ok][:, :, skin_cov].transpose(0, 2, 1), ref_skin)
                 np.negative(fld, out=fld)
                 normed = a_cov * np.exp(fld, out=fld).transpose(0, 2, 1)  # exp on the contiguous layout: fast
                 normed += 0.5
@@ -411,6 +414,14 @@ def preprocess(video: str | Path, out: str | Path, *, options: PreprocessOptions
                 a_flat[:, covered] = normed
                 m_flat[:, covered] = m_cov
                 progress("lighting", sl.stop, n)
+            # frames that look nothing like the face even after normalization are excluded
+            outliers = stats.outliers(valid)
+            for t in np.flatnonzero(outliers):
+                atlas[t], masks[t] = 0, False
+            valid &= ~outliers
+            gains[outliers] = np.nan
+            for arr in (verts, landmarks, pose.scale, pose.rotation, pose.translation):
+                arr[outliers] = np.nan
             atlas.flush()
             masks.flush()
             lighting = LightingParams(spatial_terms=s_terms, spatial=s_coef, temporal_terms=t_terms, gains=gains)
@@ -430,13 +441,14 @@ def preprocess(video: str | Path, out: str | Path, *, options: PreprocessOptions
             if options.keep_raw_atlas:
                 arrays["atlas_raw"] = array_entry("atlas_raw", np.empty((n, size, size, 3), np.uint8))
             for name, arr in (("landmarks", landmarks), ("landmarks_raw", track.landmarks), ("tracked", track.tracked),
-                              ("valid", valid), ("interpolated", interpolated), ("pose_scale", pose.scale),
+                              ("valid", valid), ("interpolated", interpolated), ("cuts", cuts), ("pose_scale", pose.scale),
                               ("pose_rotation", pose.rotation), ("pose_translation", pose.translation),
                               ("vertices", verts.astype(np.float32)), ("reference_vertices", reference),
                               ("faces", topo.faces.astype(np.int32)), ("uv", layout.uv), ("reference_atlas", ref_norm),
                               ("region_masks", np.stack([regions[k] for k in REGION_NAMES])),
-                              ("lighting_gains", gains), ("lighting_spatial", s_coef.astype(np.float32)),
-                              ("mouth_opening", np.where(valid, mouth_opening(np.nan_to_num(verts)), np.nan).astype(np.float32))):
+                              ("lighting_gains", gains), ("skin_residual", stats.res_after.astype(np.float32)),
+                              ("skin_correlation", stats.corr.astype(np.float32)), ("lighting_spatial", s_coef.astype(np.float32)),
+                              ("mouth_opening", manifest_mouth(verts, valid).astype(np.float32))):
                 _save(tmp, name, np.asarray(arr), arrays)
             assert set(ARRAYS) <= set(arrays), set(ARRAYS) - set(arrays)
 
@@ -447,6 +459,8 @@ def preprocess(video: str | Path, out: str | Path, *, options: PreprocessOptions
         faces_max = int(track.faces_seen.max()) if n else 0
         if usable_s < 60:
             warnings.append(f"only {usable_s:.0f} s of usable frames: quality will be limited (1-5 minutes of video works best)")
+        if outliers.any():
+            warnings.append(f"{int(outliers.sum())} frame(s) looked unlike the face even after normalization (corrupt frames, occlusions) and were excluded")
         if valid_fraction < 0.9:
             warnings.append(f"the face was usable in only {100 * valid_fraction:.0f}% of frames")
         if faces_max > 1:
@@ -454,7 +468,7 @@ def preprocess(video: str | Path, out: str | Path, *, options: PreprocessOptions
         face_px = float(np.median(measures["face_width"]))
         if face_px < 120:
             warnings.append(f"the face is small ({face_px:.0f} px wide): the {size}x{size} atlas is upsampled and fine detail is limited")
-        lstats = stats.summary(sym_before, sym_after)
+        lstats = stats.summary(valid, sym_before, sym_after)
         if lstats["temporal_std_before"] > 0.15:
             warnings.append("the lighting changes strongly over the clip; normalization removes smooth changes but hard shadows remain")
         yaw_range = float(np.ptp(euler[:, 0])) if len(euler) else 0.0
@@ -473,6 +487,8 @@ def preprocess(video: str | Path, out: str | Path, *, options: PreprocessOptions
             "tracked_fraction": round(float(track.tracked.mean()), 6),
             "interpolated_frames": int(interpolated.sum()),
             "excluded_frames": int((~valid).sum()),
+            "appearance_outliers": int(outliers.sum()),
+            "cuts": np.flatnonzero(cuts).tolist(),
             "usable_s": round(usable_s, 3),
             "faces_seen_max": faces_max,
             "face_width_px": round(face_px, 1),
@@ -525,33 +541,67 @@ def _spread(idx: np.ndarray, k: int) -> np.ndarray:
 
 
 class _LightingStats:
-    """Accumulates how much lighting varies over skin texels before and after normalization."""
+    """Per frame: how far skin texels are from the reference before and after normalization.
 
-    def __init__(self):
-        self.mean_before, self.mean_after, self.res_before, self.res_after = [], [], [], []
+    ``mean_*``: mean log intensity over skin (its spread over time is the temporal lighting change);
+    ``res_*``: median absolute log difference to the normalized reference (NaN for frames not seen).
+    """
 
-    def add(self, atlas: np.ndarray, mask: np.ndarray, field: np.ndarray, ref: np.ndarray) -> None:
-        """atlas uint8 (B, N, 3), mask bool (B, N), field (B, N, 3), ref (N, 3): skin texels of a batch."""
+    def __init__(self, frames: int):
+        self.mean_before, self.mean_after, self.res_before, self.res_after, self.corr = (
+            np.full(frames, np.nan) for _ in range(5))
+
+    def add(self, index: np.ndarray, atlas: np.ndarray, mask: np.ndarray, field: np.ndarray, ref: np.ndarray) -> None:
+        """index int (B,) frame numbers; atlas uint8 (B, N, 3), mask bool (B, N), field (B, N, 3),
+        ref (N, 3): skin texels of a batch."""
         keep = mask.sum(1) >= 50
         if not keep.any():
             return
-        la, mk, fl = to_log(atlas[keep]), mask[keep], field[keep]
+        index, la, mk, fl = index[keep], to_log(atlas[keep]), mask[keep], field[keep]
         ln = la - fl
         use = np.repeat(mk, 3, axis=1)  # (B, N*3), matching the flattened texel-channel values
         count = use.sum(1)
         b = len(la)
-        self.mean_before.extend((la.reshape(b, -1) * use).sum(1) / count)
-        self.mean_after.extend((ln.reshape(b, -1) * use).sum(1) / count)
-        self.res_before.extend(masked_row_median(np.abs(la - ref).reshape(b, -1), use))
-        self.res_after.extend(masked_row_median(np.abs(ln - ref).reshape(b, -1), use))
+        self.mean_before[index] = (la.reshape(b, -1) * use).sum(1) / count
+        self.mean_after[index] = (ln.reshape(b, -1) * use).sum(1) / count
+        self.res_before[index] = masked_row_median(np.abs(la - ref).reshape(b, -1), use)
+        self.res_after[index] = masked_row_median(np.abs(ln - ref).reshape(b, -1), use)
+        # structure: correlation of log luminance with the reference over the skin (gain-invariant)
+        lum, ref_lum, w = la.mean(-1), ref.mean(-1)[None], mk.astype(np.float64)
+        n_ = w.sum(1, keepdims=True)
+        x = lum - (lum * w).sum(1, keepdims=True) / n_
+        y = ref_lum - (ref_lum * w).sum(1, keepdims=True) / n_
+        sxy, sxx, syy = (x * y * w).sum(1), (x * x * w).sum(1), (y * y * w).sum(1)
+        self.corr[index] = sxy / np.sqrt(np.maximum(sxx * syy, 1e-12))
 
-    def summary(self, sym_before: float, sym_after: float) -> dict:
-        f = lambda v: round(float(v), 5)  # noqa: E731
+    def outliers(self, valid: np.ndarray, *, sds: float = 8.0) -> np.ndarray:
+        """bool (T,): valid frames whose normalized skin is unlike the reference (corrupt or grey
+        frames, a hand over the face, a tracker that lost the face for a moment).
+
+        Either the residual to the reference is far above the clip's usual (median + 8 robust SDs,
+        and 1.5x the median), or the skin's structure no longer correlates with the reference's
+        (below median - 8 robust SDs, and 0.15 below the median).
+        """
+        out = np.zeros(len(valid), bool)
+        r = np.where(valid, self.res_after, np.nan)
+        c = np.where(valid, self.corr, np.nan)
+        if np.isfinite(r).sum() < 10:
+            return out
+        robust_sd = lambda a, m: 1.4826 * np.nanmedian(np.abs(a - m))  # noqa: E731
+        med_r, med_c = np.nanmedian(r), np.nanmedian(c)
+        out |= np.nan_to_num(r, nan=-np.inf) > max(med_r + sds * robust_sd(r, med_r), 1.5 * med_r)
+        out |= np.nan_to_num(c, nan=np.inf) < min(med_c - sds * robust_sd(c, med_c), med_c - 0.15)
+        return out
+
+    def summary(self, valid: np.ndarray, sym_before: float, sym_after: float) -> dict:
+        f = lambda v: round(float(v), 5) if np.isfinite(v) else 0.0  # noqa: E731
+        pick = lambda a: a[valid & np.isfinite(a)]  # noqa: E731
+        stat = lambda fn, a: f(fn(pick(a))) if pick(a).size else 0.0  # noqa: E731
         return {
-            "temporal_std_before": f(np.std(self.mean_before)) if self.mean_before else 0.0,
-            "temporal_std_after": f(np.std(self.mean_after)) if self.mean_after else 0.0,
-            "residual_before": f(np.median(self.res_before)) if self.res_before else 0.0,
-            "residual_after": f(np.median(self.res_after)) if self.res_after else 0.0,
+            "temporal_std_before": stat(np.std, self.mean_before),
+            "temporal_std_after": stat(np.std, self.mean_after),
+            "residual_before": stat(np.median, self.res_before),
+            "residual_after": stat(np.median, self.res_after),
             "asymmetry_before": f(sym_before),
             "asymmetry_after": f(sym_after),
             "units": "log intensity (0.1 ~ 10% brightness)",

@@ -185,3 +185,24 @@ def test_overwrite_replaces_a_prepared_clip_only(prepared_grid, tmp_path, grid_c
     with pytest.raises(LipsyncError, match="not a prepared clip"):
         preprocess(grid_clip, other, options=opts, overwrite=True)
     assert (other / "keep.txt").read_text() == "mine"
+
+
+def test_corrupt_frames_are_excluded_and_edits_are_found(tmp_path, grid_clip):
+    """Frames replaced by grey (as a broken decode) must not be interpolated into training data;
+    an edit (the picture jumps 40 px) starts a new shot."""
+    from conftest import ffmpeg
+    from lipsync.preprocessing import PreprocessOptions, preprocess
+
+    video = tmp_path / "edited.mp4"
+    ffmpeg("-i", str(grid_clip), "-vf",
+           "drawbox=x=0:y=0:w=iw:h=ih:color=gray:t=fill:enable='between(n,20,24)',"
+           "crop=320:288:x='if(gte(n,50),40,0)':y=0",
+           "-c:v", "libx264", "-crf", "16", "-c:a", "aac", str(video))
+    clip = open_prepared(preprocess(video, tmp_path / "clip", options=PreprocessOptions(previews=False)))
+    valid = np.array(clip.array("valid"))
+    assert not valid[20:25].any()
+    # the tracker follows the face from its previous position, so the first frame after the jump
+    # may be misplaced; the appearance check then drops it rather than train on it
+    assert valid[:20].all() and (~valid[26:]).sum() <= 1
+    assert clip.manifest["cuts"] == [50]
+    assert np.array(clip.array("cuts")).sum() == 1

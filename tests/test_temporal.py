@@ -51,3 +51,26 @@ def test_smoothing_stays_inside_valid_segments():
     out = smooth(values, valid, window=5, polyorder=2)
     assert np.allclose(out[valid], values[valid], atol=1e-2)  # quadratics are kept exactly, no leak
     assert (out[12:15] == 1e6).all()
+
+
+def test_cuts_are_found_and_nothing_is_smoothed_across_them():
+    from lipsync.temporal import detect_cuts
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 100, (468, 3)).astype(np.float32)
+    t = np.arange(60)
+    drift = np.stack([20 * np.sin(t / 10.0), 5 * np.cos(t / 7.0), 0 * t], -1)  # smooth head motion
+    lm = base[None] + drift[:, None, :].astype(np.float32) + rng.normal(0, 0.1, (60, 468, 3)).astype(np.float32)
+    lm[30:, :, 0] += 15.0  # an edit: the next shot starts with the head 15% of the face width away
+    points = np.arange(0, 468, 5)
+    cuts = detect_cuts(lm, points)
+    assert np.flatnonzero(cuts).tolist() == [30]
+    glitch = lm.copy()
+    glitch[45, :, 0] += 15.0  # one bad frame jumps there and back: not a cut
+    assert np.flatnonzero(detect_cuts(glitch, points)).tolist() == [30]
+    out = smooth(lm, np.ones(60, bool), window=7, polyorder=2, breaks=cuts)
+    assert np.abs(out[27:33, :, 0] - lm[27:33, :, 0]).mean() < 0.5  # no blur of the two shots into each other
+    known = np.ones(60, bool)
+    known[29:32] = False
+    _, valid, _ = fill_gaps(lm, known, max_gap=5, breaks=cuts)
+    assert not valid[29:32].any(), "a gap that contains a cut is not interpolated"
