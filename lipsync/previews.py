@@ -118,7 +118,7 @@ def write_previews(folder: Path, *, topo: FaceTopology, landmarks: np.ndarray, r
     for k, name in enumerate(("yaw", "pitch", "roll")):
         axes[0].plot(t, euler[:, k], lw=1, label=name)
     axes[0].set_ylabel("degrees")
-    axes[0].set_title("head pose relative to the reference frame (removed by pose normalization)")
+    axes[0].set_title("head pose relative to the canonical frontal face (removed by pose normalization)")
     axes[0].legend(loc="upper right", ncol=3, fontsize=8)
     axes[0].grid(alpha=0.3)
     axes[1].plot(t, mouth, lw=1, color="k")
