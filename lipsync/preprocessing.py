@@ -33,10 +33,10 @@ from .atlas import build_sampler, extract_atlas, region_masks
 from .common import LipsyncError
 from .lighting import (LightingParams, apply_log_gain, estimate_gains, estimate_spatial, log_field, masked_row_median,
                        poly_basis, poly_terms, to_log)
-from .media import FrameReader, VideoInfo, extract_aligned_audio, ffmpeg_version, probe, write_wav
-from .pose import HeadPose, apply_similarity, fit_similarity, invert_similarity, normalize_poses, symmetry_frame
+from .media import FrameReader, extract_aligned_audio, ffmpeg_version, probe, write_wav
+from .pose import HeadPose, apply_similarity, fit_similarity, normalize_poses, symmetry_frame
 from .prepared import ARRAYS, FORMAT_VERSION, MANIFEST, REGION_NAMES, array_entry
-from .temporal import detect_cuts, fill_gaps, savgol_window, segments, smooth
+from .temporal import detect_cuts, fill_gaps, savgol_window, smooth
 from .topology import (CHIN, FOREHEAD_TOP, INNER_LIP_BOTTOM, INNER_LIP_TOP, LEFT_EYE_LIDS, LEFT_EYE_OUTER,
                        MOUTH_CORNERS, RIGHT_EYE_LIDS, RIGHT_EYE_OUTER, FaceTopology, load_topology)
 from .tracking import MediaPipeTracker, track_frames

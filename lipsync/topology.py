@@ -231,7 +231,6 @@ def build_topology(source: str, mirror: np.ndarray, frontal_shape: np.ndarray) -
     faces = np.asarray(faces, dtype=np.int32)
     # 3. Consistent winding: front-facing triangles have positive screen area on a frontal face.
     area = triangle_area_2d(frontal_shape[:, :2], faces)
-    n_fill = len(faces) - len(tess)
     area[len(tess):] = triangle_area_2d(opened[:, :2], faces[len(tess):])
     flip = area < 0
     faces[flip] = faces[flip][:, [0, 2, 1]]
