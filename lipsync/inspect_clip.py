@@ -17,6 +17,7 @@ def summarize(clip: PreparedClip) -> str:
         f"tracked in {100 * m['tracked_fraction']:.1f}%)",
         f"shots           {len(m.get('cuts', [])) + 1} (cuts found in the footage: {len(m.get('cuts', []))})",
         f"face            {m['face_width_px']:.0f} px wide; up to {m['faces_seen_max']} face(s) seen",
+        f"audio sync      {_sync_line(m.get('sync', {}))}",
         f"reference frame {m['reference_frame']} (t = {m['reference_frame'] / m['fps']:.2f} s)",
         "head pose       yaw {:+.1f}..{:+.1f} deg, pitch {:+.1f}..{:+.1f} deg, roll {:+.1f}..{:+.1f} deg".format(
             *pose["yaw_deg"], *pose["pitch_deg"], *pose["roll_deg"]),
@@ -30,3 +31,14 @@ def summarize(clip: PreparedClip) -> str:
     for w in m.get("warnings", []):
         lines.append(f"warning         {w}")
     return "\n".join(lines)
+
+
+def _sync_line(sync: dict) -> str:
+    if sync.get("applied"):
+        offs = [sh[2] for sh in sync.get("shots", [])] or [sync["a_s"]]
+        return (f"re-aligned: the sound was {min(offs):+.2f} to {max(offs):+.2f} s off the lips "
+                f"(speech/lip correlation {sync['correlation_before']:.2f} -> {sync['correlation_after']:.2f})")
+    if sync.get("correlation_before") is None:
+        return "not measured"
+    return (f"kept as it is (speech/lip correlation {sync['correlation_before']:.2f}; "
+            f"{sync.get('evidence_s', 0):.0f} s of evidence)")

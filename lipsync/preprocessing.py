@@ -36,6 +36,7 @@ from .lighting import (LightingParams, apply_log_gain, estimate_gains, estimate_
 from .media import FrameReader, extract_aligned_audio, ffmpeg_version, probe, write_wav
 from .pose import HeadPose, apply_similarity, fit_similarity, normalize_poses, symmetry_frame
 from .prepared import ARRAYS, FORMAT_VERSION, MANIFEST, REGION_NAMES, array_entry
+from .sync import estimate_sync, realign_audio
 from .temporal import detect_cuts, fill_gaps, savgol_window, smooth
 from .topology import (CHIN, FOREHEAD_TOP, INNER_LIP_BOTTOM, INNER_LIP_TOP, LEFT_EYE_LIDS, LEFT_EYE_OUTER,
                        MOUTH_CORNERS, RIGHT_EYE_LIDS, RIGHT_EYE_OUTER, FaceTopology, load_topology)
@@ -57,6 +58,8 @@ class PreprocessOptions:
     spatial_degree: int = 2          # left/right lighting field: odd-in-u polynomial degree (u, u*v)
     keep_raw_atlas: bool = False     # also store the atlas before lighting normalization
     min_seconds: float = 1.0         # shorter videos are refused
+    require_audio: bool = True       # refuse videos without sound (a synthesis target needs none)
+    sync_audio: bool = True          # measure the audio/lip offset and re-align out-of-sync audio
     chunk: int = 256                 # frames per batch in the lighting step
     previews: bool = True
 
@@ -283,7 +286,7 @@ def preprocess(video: str | Path, out: str | Path, *, options: PreprocessOptions
         info = probe(video)
         if info.frames < 2 or info.duration < options.min_seconds:
             raise LipsyncError(f"{info.path} is too short ({info.frames} frame(s), {info.duration:.2f} s); give at least {options.min_seconds:g} s of video (1-5 minutes works best).")
-        if not info.has_audio:
+        if not info.has_audio and options.require_audio:
             extract_aligned_audio(info, 0)  # raises the no-audio error before any slow work
 
     with atomic_output(out, overwrite=overwrite) as tmp:
@@ -429,7 +432,16 @@ def preprocess(video: str | Path, out: str | Path, *, options: PreprocessOptions
 
         # 8. audio
         with timer.stage("audio"):
-            audio = extract_aligned_audio(info, n)
+            audio = (extract_aligned_audio(info, n) if info.has_audio
+                     else np.zeros(int(round(n / info.fps * 16000)), np.float32))
+            sync: dict = {"applied": False}
+            if info.has_audio and options.sync_audio:
+                shots, sync = estimate_sync(audio, manifest_mouth(verts, valid), valid, cuts, info.fps)
+                if sync["applied"]:
+                    audio = realign_audio(audio, shots, info.fps, n)
+                    sync["shots"] = [[sh.start, sh.end, sh.offset] for sh in shots]
+                    offs = [sh.offset for sh in shots]
+                    warnings.append(f"the sound was out of sync with the lips ({min(offs):+.2f} to {max(offs):+.2f} s over the clip); it was re-aligned")
             write_wav(tmp / "audio.wav", audio)
 
         # 9. arrays and previews
@@ -504,6 +516,7 @@ def preprocess(video: str | Path, out: str | Path, *, options: PreprocessOptions
                          **lstats},
             "audio": {"file": "audio.wav", "sample_rate": 16000, "samples": int(len(audio)),
                       "samples_per_frame": 16000 / info.fps},
+            "sync": sync,
             "region_names": list(REGION_NAMES),
             "arrays": arrays,
             "options": {k: v for k, v in options.__dict__.items()},
