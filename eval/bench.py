@@ -1,8 +1,14 @@
-"""Performance benchmarks: ``python -m eval.bench preprocess VIDEO``.
+"""Performance benchmarks.
 
-Reports frames per second for each preprocessing stage and overall, and the peak resident memory
-of this process and of its children (the ffmpeg decoders). Results are printed as a table and
-can be written as JSON (``--json``) with the machine and versions, so figures can be compared.
+    python -m eval.bench preprocess VIDEO
+    python -m eval.bench train PREPARED_DIR [--preset quick]
+    python -m eval.bench synthesize --model MODEL_DIR --audio FILE [--target VIDEO]
+
+``preprocess`` reports frames per second for each stage and overall; ``train`` the seconds until
+the preset's final validation loss is first reached (within 2%) and in all; ``synthesize`` output
+frames per second end to end and per stage. Each reports the peak resident memory of the process
+and of its children (ffmpeg). Results are printed and can be written as JSON (``--json``) with
+the machine and versions, so figures can be compared.
 """
 from __future__ import annotations
 
@@ -53,9 +59,79 @@ def bench_preprocess(video: str, *, atlas_size: int = 256, previews: bool = True
         "overall_frames_per_s": round(n / wall, 1),
         "realtime_factor": round((n / m["fps"]) / wall, 2),
         "peak_memory": _peak_mib(),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": _machine(),
         "versions": m["versions"],
     }
+
+
+def _machine() -> dict:
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+
+
+def bench_train(prepared: str, *, preset: str = "quick", keep: str | None = None, device: str = "auto") -> dict:
+    import csv
+
+    from lipsync.training import train
+
+    work = Path(tempfile.mkdtemp(prefix="lipsync-bench-"))
+    out = Path(keep) if keep else work / "model"
+    try:
+        t0 = time.perf_counter()
+        train(prepared, out, preset=preset, device=device)
+        wall = time.perf_counter() - t0
+        rows = list(csv.DictReader(open(out / "train_log.csv")))
+        summary = json.loads((out / "training.json").read_text())
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    final = float(rows[-1]["val_loss"])
+    reached = next(float(r["seconds"]) for r in rows if float(r["val_loss"]) <= 1.02 * final)
+    return {"benchmark": "train", "prepared": str(prepared), "preset": preset, "device": summary["device"],
+            "steps": summary["steps"], "train_seconds": summary["seconds"], "wall_seconds": round(wall, 1),
+            "seconds_to_final_val_loss": reached, "final_val_loss": round(final, 5),
+            "val_geometry": summary["val_geometry"], "val_texture": summary["val_texture"],
+            "steps_per_second": round(summary["steps"] / summary["seconds"], 2), "peak_memory": _peak_mib(),
+            "machine": _machine()}
+
+
+def bench_synthesize(model_dir: str, audio: str, *, target: str | None = None, renderer: str = "auto") -> dict:
+    from lipsync.model_io import load_model
+
+    model = load_model(model_dir)
+    work = Path(tempfile.mkdtemp(prefix="lipsync-bench-"))
+    try:
+        t0 = time.perf_counter()
+        r = model.synthesize(out=work / "out.mp4", audio=audio, target=target, renderer=renderer)
+        wall = time.perf_counter() - t0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    t = r["timings_s"]
+    stages = {k: {"seconds": v, "frames_per_s": round(r["frames"] / v, 1) if v > 0 else None}
+              for k, v in t.items() if k != "total"}
+    return {"benchmark": "synthesize", "model": str(model_dir), "audio": str(audio), "target": r["target"],
+            "frames": r["frames"], "fps_video": r["fps"], "resolution": r.get("resolution"), "renderer": r.get("renderer"),
+            "stages": stages, "total_s": round(wall, 3), "overall_frames_per_s": round(r["frames"] / wall, 1),
+            "peak_memory": _peak_mib(), "machine": _machine()}
+
+
+def _print_train(r: dict) -> None:
+    print(f"train {r['prepared']} ({r['preset']} preset, {r['device']}): {r['steps']} steps in {r['train_seconds']:.0f} s "
+          f"({r['steps_per_second']:.1f} steps/s)")
+    print(f"final validation loss {r['final_val_loss']:.4f} (geometry {r['val_geometry']:.4f}, texture {r['val_texture']:.4f}), "
+          f"first reached (within 2%) after {r['seconds_to_final_val_loss']:.0f} s")
+    pm = r["peak_memory"]
+    print(f"peak memory: {pm['process_mib']:.0f} MiB (process), {pm['children_mib']:.0f} MiB (largest child)")
+
+
+def _print_synthesize(r: dict) -> None:
+    print(f"synthesize {r['frames']} frames at {r['resolution']} ({r['fps_video']:g} fps video) with {r['renderer']}, "
+          f"audio {r['audio']}, target {r['target']}")
+    print(f"{'stage':<10} {'seconds':>9} {'frames/s':>10}")
+    for k, v in r["stages"].items():
+        fps = f"{v['frames_per_s']:.1f}" if v["frames_per_s"] else "-"
+        print(f"{k:<10} {v['seconds']:>9.3f} {fps:>10}")
+    print(f"{'overall':<10} {r['total_s']:>9.3f} {r['overall_frames_per_s']:>10.1f}")
+    pm = r["peak_memory"]
+    print(f"peak memory: {pm['process_mib']:.0f} MiB (process), {pm['children_mib']:.0f} MiB (largest child)")
 
 
 def _print_preprocess(r: dict) -> None:
@@ -83,13 +159,35 @@ def main(argv=None) -> int:
     p.add_argument("--no-previews", action="store_true", help="leave the preview images out of the timing")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--keep", help="keep the prepared clip in this folder")
+    p = sub.add_parser("train", help="time `lipsync train` on a prepared clip",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("prepared")
+    p.add_argument("--preset", default="quick", choices=["quick", "full"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--keep", help="keep the model in this folder")
+    p = sub.add_parser("synthesize", help="time `lipsync synthesize` end to end",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True)
+    p.add_argument("--audio", required=True)
+    p.add_argument("--target", default=None)
+    p.add_argument("--renderer", default="auto", choices=["auto", "gl", "nvdiffrast", "reference"])
+    p.add_argument("--json", help="also write the results to this JSON file")
     args = ap.parse_args(argv)
     try:
-        result = bench_preprocess(args.video, atlas_size=args.atlas_size, previews=not args.no_previews, keep=args.keep)
+        if args.what == "preprocess":
+            result = bench_preprocess(args.video, atlas_size=args.atlas_size, previews=not args.no_previews,
+                                      keep=args.keep)
+            _print_preprocess(result)
+        elif args.what == "train":
+            result = bench_train(args.prepared, preset=args.preset, keep=args.keep, device=args.device)
+            _print_train(result)
+        else:
+            result = bench_synthesize(args.model, args.audio, target=args.target, renderer=args.renderer)
+            _print_synthesize(result)
     except LipsyncError as err:
         print(f"eval.bench: error: {err}", file=sys.stderr)
         return 2
-    _print_preprocess(result)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))

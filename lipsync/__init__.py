@@ -6,6 +6,8 @@ Python API::
     clip_dir = preprocess("talk.mp4", "talk_prepared")
     clip = open_prepared(clip_dir)
     atlas = clip.array("atlas")          # (T, S, S, 3) uint8, memory-mapped
+    model = load_model(train(clip_dir, "talk_model"))
+    model.synthesize(audio="speech.wav", out="talk.mp4")
 """
 __version__ = "0.1.0"
 
@@ -24,4 +26,18 @@ def open_prepared(path):
     return _open(path)
 
 
-__all__ = ["preprocess", "open_prepared", "__version__"]
+def train(prepared, out, **kwargs):
+    """See ``lipsync.training.train``."""
+    from .training import train as _train
+
+    return _train(prepared, out, **kwargs)
+
+
+def load_model(folder, **kwargs):
+    """See ``lipsync.model_io.load_model``; the result has ``.synthesize(out=..., audio=...)``."""
+    from .model_io import load_model as _load
+
+    return _load(folder, **kwargs)
+
+
+__all__ = ["preprocess", "open_prepared", "train", "load_model", "__version__"]

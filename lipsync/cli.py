@@ -12,7 +12,7 @@ def _cmd_preprocess(args) -> int:
     from .preprocessing import PreprocessOptions, _tqdm_progress, preprocess
 
     options = PreprocessOptions(atlas_size=args.atlas_size, max_gap_s=args.max_gap, keep_raw_atlas=args.keep_raw_atlas,
-                                previews=not args.no_previews)
+                                previews=not args.no_previews, sync_audio=not args.no_sync)
     out = preprocess(args.video, args.out, options=options, overwrite=args.overwrite,
                      progress=_tqdm_progress(not args.quiet and sys.stderr.isatty() or args.progress))
     from .inspect_clip import summarize
@@ -27,6 +27,72 @@ def _cmd_inspect(args) -> int:
     from .prepared import open_prepared
 
     print(summarize(open_prepared(args.dir)))
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from .training import train
+
+    bar = {}
+
+    def progress(step: int, total: int, losses: dict) -> None:
+        if args.quiet:
+            return
+        from tqdm import tqdm
+
+        if "bar" not in bar:
+            bar["bar"] = tqdm(total=total, initial=step - 1, desc="   train", unit="step", dynamic_ncols=True, file=sys.stderr)
+        b = bar["bar"]
+        b.update(step - b.n)
+        if step % 10 == 0:
+            b.set_postfix(geometry=f"{losses['geo']:.4f}", texture=f"{losses['tex']:.4f}")
+        if step >= total:
+            b.close()
+
+    try:
+        out = train(args.prepared, args.out, preset=args.preset, max_minutes=args.max_minutes, device=args.device,
+                    resume=args.resume, progress=progress)
+    finally:
+        if "bar" in bar:
+            bar["bar"].close()
+    import json
+
+    summary = json.loads((out / "training.json").read_text())
+    print(f"model           {out}")
+    print(f"steps           {summary['steps']} in {summary['seconds']:.0f} s on {summary['device']}"
+          + (" (stopped at --max-minutes)" if summary["stopped_early"] else ""))
+    print(f"validation      geometry {summary['val_geometry']:.4f}, texture {summary['val_texture']:.4f}")
+    print(f"log             {out / 'train_log.csv'}, {out / 'loss.png'}")
+    return 0
+
+
+def _cmd_synthesize(args) -> int:
+    import warnings
+
+    from .model_io import load_model
+    from .preprocessing import _tqdm_progress
+
+    model = load_model(args.model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = model.synthesize(out=args.out, audio=args.audio, text=args.text, target=args.target, mesh=args.mesh,
+                                   blendshapes=args.blendshapes, renderer=args.renderer,
+                                   progress=_tqdm_progress(not args.quiet and sys.stderr.isatty() or args.progress))
+    for w in caught:
+        if issubclass(w.category, UserWarning):
+            print(f"lipsync: warning: {w.message}", file=sys.stderr)
+    print(f"video           {summary['out']} ({summary['frames']} frames, {summary['seconds']:.2f} s at {summary['fps']:g} fps)")
+    print(f"audio           {summary['audio']}")
+    print(f"target          {summary['target']}")
+    if "mesh" in summary:
+        print(f"mesh            {args.mesh}")
+    if "blendshapes" in summary:
+        print(f"blendshapes     {args.blendshapes} ({len(summary['blendshapes']['names'])} shapes)")
+    t = summary["timings_s"]
+    print("time            {:.1f} s ({:.1f} frames/s): ".format(t["total"], summary["frames_per_second"])
+          + ", ".join(f"{k} {v:.1f}" for k, v in t.items() if k != "total"))
+    for note in summary["notes"]:
+        print(f"note            {note}")
     return 0
 
 
@@ -47,10 +113,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-gap", type=float, default=0.5, help="interpolate tracking gaps up to this many seconds")
     p.add_argument("--keep-raw-atlas", action="store_true", help="also store the atlas before lighting normalization")
     p.add_argument("--no-previews", action="store_true", help="skip the preview images")
+    p.add_argument("--no-sync", action="store_true", help="keep the audio as it is, even if it is out of sync with the lips")
     p.add_argument("--overwrite", action="store_true", help="replace an existing prepared clip at --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
     p.set_defaults(func=_cmd_preprocess)
+
+    p = sub.add_parser("train", formatter_class=fmt, help="train a personalized audio-to-face model on a prepared clip",
+                       description="Train the audio-to-face model on a prepared clip (the last 10%% is held out for "
+                                   "validation); writes model.safetensors, config.json, a training log and a loss plot.")
+    p.add_argument("prepared", help="a prepared clip folder (from 'lipsync preprocess')")
+    p.add_argument("--out", required=True, help="model folder")
+    p.add_argument("--preset", choices=["quick", "full"], default="quick",
+                   help="quick: minutes on a CPU; full: longer, for a GPU")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes (a checkpoint is kept)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to train")
+    p.add_argument("--resume", action="store_true", help="continue the training saved in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("synthesize", formatter_class=fmt, help="make a talking-head video from new audio or text",
+                       description="Drive a trained model with audio (or text, spoken by espeak-ng) and insert the face "
+                                   "into a target video or image (the training video by default).")
+    p.add_argument("--model", required=True, help="a model folder (from 'lipsync train')")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--audio", help="speech: wav, mp3, m4a, or a video with sound")
+    src.add_argument("--text", help="text to speak with espeak-ng (offline)")
+    p.add_argument("--target", default=None, help="video or still image of the same person (default: the training video)")
+    p.add_argument("--out", required=True, help="output video (.mp4, H.264 + AAC)")
+    p.add_argument("--mesh", default=None, help="also write the animated 3D face as glTF (.glb)")
+    p.add_argument("--blendshapes", default=None, help="also write per-frame blendshape weights (.csv)")
+    p.add_argument("--renderer", choices=["auto", "gl", "nvdiffrast", "reference"], default="auto",
+                   help="rasterizer: OpenGL over EGL, nvdiffrast on CUDA, or the slow reference")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
+    p.set_defaults(func=_cmd_synthesize)
 
     p = sub.add_parser("inspect", formatter_class=fmt, help="summarize a prepared clip",
                        description="Print a short summary of a prepared clip: frames, valid %, pose range, lighting.")

@@ -135,6 +135,7 @@ class FrameReader:
                 proc.kill()
             proc.wait()
             err_thread.join(timeout=5)
+            proc.stderr.close()
 
     def _drain(self, stream) -> None:
         for line in stream:

@@ -1,0 +1,91 @@
+"""The whole network: audio window (+ previous texture) -> vertices and lower-face texture."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from .audio_encoder import AudioEncoder
+from .geometry import GeometryDecoder
+from .texture import PreviousFrameEncoder, TextureDecoder
+
+
+@dataclass
+class ModelConfig:
+    """Every size needed to rebuild ``TalkingFaceModel`` (stored in the model's config.json).
+
+    ``crop`` = (top, bottom, left, right) of the predicted region in atlas texels; it is resampled
+    to ``tex_height`` x ``tex_width``.
+    """
+    n_mels: int = 80
+    columns: int = 24
+    latent: int = 32
+    audio_width: int = 64
+    dropout: float = 0.1
+    num_vertices: int = 468
+    pca_components: int = 32
+    atlas_size: int = 256
+    crop: tuple = (128, 256, 32, 224)
+    tex_height: int = 64
+    tex_width: int = 96
+    tex_channels: int = 96
+    prev_code: int = 16
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["crop"] = list(self.crop)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        known["crop"] = tuple(known.get("crop", cls.crop))
+        return cls(**known)
+
+
+class TalkingFaceModel(nn.Module):
+    """Inputs: normalized log-mel windows (B, 1, n_mels, columns) and the previous frame's crop
+    (B, 3, H, W) in [0, 1] (the reference crop when there is none: first frame, after a cut).
+    Outputs: vertices (B, V, 3) in canonical units and the crop (B, 3, H, W) in [0, 1].
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        c = config
+        self.config = c
+        self.audio = AudioEncoder(c.n_mels, c.columns, c.latent, c.audio_width, c.dropout)
+        self.geometry = GeometryDecoder(c.latent, c.num_vertices, c.pca_components)
+        self.previous = PreviousFrameEncoder(c.prev_code)
+        self.texture = TextureDecoder(c.latent + c.prev_code, c.tex_height, c.tex_width, c.tex_channels)
+        self.register_buffer("reference_crop", torch.zeros(3, c.tex_height, c.tex_width))
+
+    def forward(self, windows: torch.Tensor, prev_crop: torch.Tensor):
+        z = self.audio(windows)
+        verts = self.geometry(z)
+        code = self.previous(prev_crop - self.reference_crop)
+        crop = (self.reference_crop + self.texture(torch.cat([z, code], 1))).clamp(0.0, 1.0)
+        return verts, crop
+
+    @torch.no_grad()
+    def rollout(self, windows: torch.Tensor, *, starts: torch.Tensor | None = None, chunk: int = 1):
+        """Auto-regressive inference over a sequence: each frame is conditioned on the previous
+        frame's own prediction. ``starts`` (bool (T,)) restarts from the reference crop (cuts).
+
+        Returns vertices (T, V, 3) and crops (T, 3, H, W). Geometry does not depend on the previous
+        frame, so it is computed for all frames at once.
+        """
+        self.eval()
+        z = torch.cat([self.audio(windows[i:i + 256]) for i in range(0, len(windows), 256)])
+        verts = torch.cat([self.geometry(z[i:i + 256]) for i in range(0, len(z), 256)])
+        crops = torch.empty(len(z), *self.reference_crop.shape)
+        prev = self.reference_crop[None]
+        for t in range(len(z)):
+            if starts is not None and bool(starts[t]):
+                prev = self.reference_crop[None]
+            code = self.previous(prev - self.reference_crop)
+            cur = (self.reference_crop + self.texture(torch.cat([z[t:t + 1], code], 1))).clamp(0.0, 1.0)
+            crops[t] = cur[0]
+            prev = cur
+        return verts, crops

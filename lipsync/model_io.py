@@ -1,0 +1,118 @@
+"""Saving and loading a trained model: ``model.safetensors`` + ``config.json`` in a folder.
+
+``config.json`` holds the format version, the network's ``ModelConfig``, the per-speaker audio
+normalization, the frame rate and the training summary; the speaker's reference data (reference
+mesh, triangles, UV layout, reference atlas, region masks) is stored beside the network's weights
+in ``model.safetensors`` under ``speaker.*`` keys (the PCA basis is the geometry decoder's initial
+output layer, kept in the weights).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .audio_features import AudioNorm
+from .common import LipsyncError
+
+MODEL_FORMAT = 1
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+SPEAKER_KEYS = ("reference_vertices", "faces", "uv", "reference_atlas", "region_masks")
+
+
+@dataclass
+class SpeakerData:
+    """Members: reference_vertices float32 (V,3); faces int32 (F,3); uv float32 (V,2);
+    reference_atlas uint8 (S,S,3); region_masks bool (4,S,S) (skin, mouth, lower_face, eyes)."""
+    reference_vertices: np.ndarray
+    faces: np.ndarray
+    uv: np.ndarray
+    reference_atlas: np.ndarray
+    region_masks: np.ndarray
+
+    @classmethod
+    def from_prepared(cls, clip) -> "SpeakerData":
+        return cls(**{k: np.array(clip.array(k)) for k in SPEAKER_KEYS})
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def save_model(folder: Path, net, speaker: SpeakerData, audio_norm: AudioNorm, *, fps: float, training: dict) -> None:
+    """Write ``model.safetensors`` and ``config.json`` into ``folder`` (each written atomically)."""
+    import torch
+    from safetensors.torch import save
+
+    tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    for k in SPEAKER_KEYS:
+        arr = np.asarray(getattr(speaker, k))
+        tensors[f"speaker.{k}"] = torch.from_numpy(arr.astype(np.uint8) if arr.dtype == bool else arr.copy())
+    config = {"format": "lipsync-model", "format_version": MODEL_FORMAT, "lipsync_version": __version__,
+              "model": net.config.to_dict(), "audio_norm": audio_norm.to_dict(), "fps": float(fps),
+              "speaker_keys": [f"speaker.{k}" for k in SPEAKER_KEYS], "training": training}
+    folder.mkdir(parents=True, exist_ok=True)
+    _atomic_write_bytes(folder / WEIGHTS, save(tensors))
+    _atomic_write_bytes(folder / CONFIG, json.dumps(config, indent=2).encode())
+
+
+@dataclass
+class LoadedModel:
+    """A trained model ready for synthesis (see ``lipsync.synthesis``)."""
+    folder: Path
+    net: object
+    speaker: SpeakerData
+    audio_norm: AudioNorm
+    fps: float
+    config: dict
+
+    def synthesize(self, **kwargs):
+        """See ``lipsync.synthesis.synthesize``."""
+        from .synthesis import synthesize
+
+        return synthesize(self, **kwargs)
+
+
+def load_model(folder: str | Path, *, device: str = "cpu") -> LoadedModel:
+    """Rebuild a trained model from its folder; one-sentence ``LipsyncError`` if it is unusable."""
+    from safetensors.torch import load_file
+
+    from .model import ModelConfig, TalkingFaceModel
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise LipsyncError(f"{folder} is not a model folder; give the --out folder of 'lipsync train'.")
+    for name in (CONFIG, WEIGHTS):
+        if not (folder / name).is_file():
+            raise LipsyncError(f"{folder} has no {name}; it is not a finished model (train it, or resume with 'lipsync train --resume').")
+    try:
+        config = json.loads((folder / CONFIG).read_text())
+    except (OSError, ValueError) as err:
+        raise LipsyncError(f"{folder / CONFIG} is not readable JSON ({err}).") from None
+    if config.get("format") != "lipsync-model" or config.get("format_version") != MODEL_FORMAT:
+        raise LipsyncError(f"{folder} holds a model of format {config.get('format_version')!r} (lipsync "
+                           f"{config.get('lipsync_version', '?')}), which this lipsync {__version__} cannot read; retrain it.")
+    try:
+        tensors = load_file(str(folder / WEIGHTS))
+    except Exception as err:  # safetensors raises its own error types for damaged files
+        raise LipsyncError(f"{folder / WEIGHTS} is damaged or incomplete ({err}).") from None
+    net = TalkingFaceModel(ModelConfig.from_dict(config["model"]))
+    state = {k[len("net."):]: v for k, v in tensors.items() if k.startswith("net.")}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise LipsyncError(f"{folder / WEIGHTS} does not match its config.json (missing {len(missing)}, unexpected {len(unexpected)} tensors); retrain the model.")
+    net.to(device).eval()
+    speaker = {}
+    for k in SPEAKER_KEYS:
+        if f"speaker.{k}" not in tensors:
+            raise LipsyncError(f"{folder / WEIGHTS} lacks the speaker's {k}; retrain the model.")
+        speaker[k] = tensors[f"speaker.{k}"].numpy()
+    speaker["region_masks"] = speaker["region_masks"].astype(bool)
+    return LoadedModel(folder=folder, net=net, speaker=SpeakerData(**speaker),
+                       audio_norm=AudioNorm.from_dict(config["audio_norm"]), fps=float(config["fps"]), config=config)

@@ -1,0 +1,368 @@
+"""``lipsync train``: fit a personalized audio-to-face model on one prepared clip.
+
+The last 10% of the clip is held out for validation. Training is seeded and runs a fixed number
+of steps per preset (so the result does not depend on the machine's speed); ``max_minutes`` only
+stops it early. A checkpoint is written at every validation, so a killed run continues with
+``resume=True``. Auto-regressive texture conditioning is trained with teacher forcing plus three
+things that keep inference (which feeds back its own predictions) from drifting: noise on the
+previous texture, dropping it (the reference crop instead), and self-conditioning (the model's
+own prediction of the previous frame, made from the frame before it, as the input).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .common import LipsyncError
+
+CHECKPOINT = "checkpoint.pt"
+LOG = "train_log.csv"
+PLOT = "loss.png"
+LOG_FIELDS = ["step", "seconds", "lr", "train_geometry", "train_texture", "val_geometry", "val_texture", "val_loss"]
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """A training preset. ``quick`` fits a 3-minute clip on 2 CPU cores in under 10 minutes;
+    ``full`` is for a GPU (more steps, a full-resolution lower-face texture)."""
+    steps: int = 2400
+    batch: int = 32
+    lr: float = 2e-3
+    texture_scale: float = 0.5      # predicted crop resolution relative to the atlas
+    tex_channels: int = 96
+    pca_components: int = 32
+    val_every: int = 300
+    geometry_weight: float = 20.0   # canonical units: lips move ~0.05, so L1 is scaled up
+    mouth_weight: float = 4.0       # extra texture weight on lips and mouth interior
+    prev_noise: float = 0.03        # std of the noise on the previous texture (0..1 units)
+    prev_drop: float = 0.2          # probability of replacing the previous texture by the reference
+    self_condition: float = 0.5     # final fraction of samples conditioned on the model's own prediction
+    val_fraction: float = 0.1
+    seed: int = 0
+
+
+PRESETS = {
+    "quick": TrainOptions(),
+    "full": TrainOptions(steps=30000, batch=64, lr=1e-3, texture_scale=1.0, tex_channels=128, val_every=1000),
+}
+
+Progress = Callable[[int, int, dict], None]
+
+
+def _crop_region(masks: np.ndarray, size: int, scale: float) -> tuple[tuple[int, int, int, int], int, int]:
+    """The lower-face box in atlas texels and the predicted crop size (divisible by 16)."""
+    lower = masks[2] | masks[1]  # lower_face | mouth
+    ys, xs = np.nonzero(lower)
+    step = max(16, int(round(16 / scale)))
+    top = int(ys.min()) // step * step
+    bottom = min(size, -(-(int(ys.max()) + 1) // step) * step)
+    left = int(xs.min()) // step * step
+    right = min(size, -(-(int(xs.max()) + 1) // step) * step)
+    h = max(16, int(round((bottom - top) * scale / 16)) * 16)
+    w = max(16, int(round((right - left) * scale / 16)) * 16)
+    return (top, bottom, left, right), h, w
+
+
+def resize_crops(images: np.ndarray, crop, height: int, width: int, *, interpolation=None) -> np.ndarray:
+    """Atlas images (N, S, S, C) -> their crop resized to (N, height, width, C)."""
+    import cv2
+
+    t, b, l, r = crop
+    interp = cv2.INTER_AREA if interpolation is None else interpolation
+    out = np.empty((len(images), height, width, images.shape[-1]), images.dtype)
+    for i, img in enumerate(images):
+        res = cv2.resize(np.ascontiguousarray(img[t:b, l:r]), (width, height), interpolation=interp)
+        out[i] = res.reshape(height, width, -1)
+    return out
+
+
+@dataclass
+class TrainingData:
+    """Everything the training loop reads, in memory. T = frames of the clip.
+
+    windows float32 (T, 1, 80, 24) normalized; vertices float32 (T, V, 3); crops float32
+    (T, 3, H, W) in [0,1] (invalid texels filled from the reference); masks float32 (T, 1, H, W);
+    weight float32 (1, H, W); prev int64 (T,) index of the previous usable frame or -1;
+    train, val int64 frame indices.
+    """
+    windows: np.ndarray
+    vertices: np.ndarray
+    crops: np.ndarray
+    masks: np.ndarray
+    weight: np.ndarray
+    prev: np.ndarray
+    train: np.ndarray
+    val: np.ndarray
+    reference_crop: np.ndarray
+
+
+def prepare_data(clip, config, options: TrainOptions, audio_norm=None):
+    """Read a prepared clip into ``TrainingData``; returns (data, audio_norm)."""
+    from .audio_features import AudioNorm, audio_windows
+
+    m = clip.manifest
+    n = m["frames"]
+    valid = np.array(clip.array("valid"))
+    if valid.sum() < 50:
+        raise LipsyncError(f"{clip.path} has only {int(valid.sum())} usable frames; training needs at least 50 (2 s), and 1-5 minutes works best.")
+    audio, rate = clip.audio()
+    raw = audio_windows(audio, n, clip.fps)
+    split = int(round(n * (1 - options.val_fraction)))
+    train = np.flatnonzero(valid[:split])
+    val = np.flatnonzero(valid[split:]) + split
+    if len(val) < 5:
+        raise LipsyncError(f"the last {100 * options.val_fraction:.0f}% of {clip.path} has fewer than 5 usable frames to validate on; give a longer clip.")
+    audio_norm = audio_norm or AudioNorm.fit(raw[train])
+    windows = audio_norm.apply(raw)[:, None]
+    cuts = np.array(clip.array("cuts"))
+    prev = np.arange(n) - 1
+    prev[0] = -1
+    ok_prev = np.zeros(n, bool)
+    ok_prev[1:] = valid[:-1] & ~cuts[1:]
+    prev[~ok_prev] = -1
+    h, w = config.tex_height, config.tex_width
+    ref = resize_crops(np.array(clip.array("reference_atlas"))[None], config.crop, h, w)[0].astype(np.float32) / 255.0
+    atlas, amask = clip.array("atlas"), clip.array("atlas_mask")
+    crops = np.empty((n, 3, h, w), np.float32)
+    masks = np.empty((n, 1, h, w), np.float32)
+    for s in range(0, n, 256):
+        a = resize_crops(np.asarray(atlas[s:s + 256]), config.crop, h, w).astype(np.float32) / 255.0
+        mk = resize_crops(np.asarray(amask[s:s + 256], np.float32)[..., None], config.crop, h, w)[..., 0] > 0.99
+        a = np.where(mk[..., None], a, ref[None])
+        crops[s:s + 256] = a.transpose(0, 3, 1, 2)
+        masks[s:s + 256, 0] = mk
+    regions = np.array(clip.array("region_masks"))
+    mouth = resize_crops(regions[1][None, ..., None].astype(np.float32), config.crop, h, w)[0, ..., 0]
+    weight = (1.0 + options.mouth_weight * mouth)[None].astype(np.float32)
+    verts = np.nan_to_num(np.array(clip.array("vertices"), np.float32))
+    data = TrainingData(windows=windows, vertices=verts, crops=crops, masks=masks, weight=weight, prev=prev,
+                        train=train, val=val, reference_crop=ref.transpose(2, 0, 1).copy())
+    return data, audio_norm
+
+
+def build_model(clip, data_vertices_train: np.ndarray, options: TrainOptions):
+    """A new ``TalkingFaceModel`` sized for this clip, its geometry decoder initialized by PCA."""
+    from .model import ModelConfig, TalkingFaceModel
+    from .model.geometry import fit_pca
+
+    size = clip.atlas_size
+    crop, h, w = _crop_region(np.array(clip.array("region_masks")), size, options.texture_scale)
+    config = ModelConfig(pca_components=options.pca_components, atlas_size=size, crop=crop, tex_height=h,
+                         tex_width=w, tex_channels=options.tex_channels)
+    net = TalkingFaceModel(config)
+    mean, basis, std = fit_pca(data_vertices_train, options.pca_components)
+    net.geometry.init_from_pca(mean, basis, std)
+    return net
+
+
+def _losses(net, batch, options: TrainOptions, weight):
+    """Geometry L1 (scaled) and texture L1 over valid texels, mouth weighted."""
+    verts, crop = net(batch["windows"], batch["prev"])
+    geo = (verts - batch["vertices"]).abs().mean() * options.geometry_weight
+    wm = weight * batch["masks"]
+    tex = ((crop - batch["crops"]).abs() * wm).sum() / (wm.sum() * 3 + 1e-6)
+    return geo, tex
+
+
+def _seed_all(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    import torch
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _write_plot(folder: Path, rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        return
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.4))
+    for k, (tr, va) in enumerate((("train_geometry", "val_geometry"), ("train_texture", "val_texture"))):
+        ax[k].plot(steps, [r[tr] for r in rows], label="train")
+        ax[k].plot(steps, [r[va] for r in rows], label="validation")
+        ax[k].set_title(tr.split("_")[1])
+        ax[k].set_xlabel("step")
+        ax[k].set_yscale("log")
+        ax[k].grid(alpha=0.3)
+        ax[k].legend()
+    fig.tight_layout()
+    tmp = folder / f".{PLOT}.tmp-{os.getpid()}.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, folder / PLOT)
+
+
+def train(prepared: str | Path, out: str | Path, *, preset: str = "quick", options: TrainOptions | None = None,
+          max_minutes: float | None = None, device: str = "auto", resume: bool = False,
+          progress: Progress | None = None) -> Path:
+    """Train a model on a prepared clip; returns the model folder. See the module docstring."""
+    import torch
+
+    from .common import resolve_device
+    from .model_io import SpeakerData, save_model
+    from .prepared import open_prepared
+
+    if preset not in PRESETS:
+        raise LipsyncError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+    options = options or PRESETS[preset]
+    device = resolve_device(device)
+    out = Path(out)
+    clip = open_prepared(prepared)
+    ckpt_path = out / CHECKPOINT
+    if out.exists() and not out.is_dir():
+        raise LipsyncError(f"{out} is a file; choose a folder for the model.")
+    if resume:
+        if not ckpt_path.is_file():
+            raise LipsyncError(f"{out} has no checkpoint to resume from; start without --resume.")
+    elif out.exists() and any(out.iterdir()):
+        raise LipsyncError(f"{out} already exists and is not empty; choose another folder, or pass --resume to continue its training.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise LipsyncError(f"Cannot create the model folder {out} ({err.strerror or err}); choose a writable location.") from None
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    _seed_all(options.seed)
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False) if resume else None
+    if ckpt is not None:
+        options = TrainOptions(**ckpt["options"])
+    net_vertices = np.nan_to_num(np.array(clip.array("vertices"), np.float32))
+    valid = np.array(clip.array("valid"))
+    split = int(round(len(valid) * (1 - options.val_fraction)))
+    net = build_model(clip, net_vertices[:split][valid[:split]], options)
+    from .audio_features import AudioNorm
+
+    data, audio_norm = prepare_data(clip, net.config, options,
+                                    audio_norm=AudioNorm.from_dict(ckpt["audio_norm"]) if ckpt else None)
+    net.reference_crop.copy_(torch.from_numpy(data.reference_crop))
+    net.to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=options.lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=options.lr, total_steps=options.steps, pct_start=0.05)
+    rows: list[dict] = []
+    step, elapsed_before = 0, 0.0
+    if ckpt is not None:
+        net.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        step, rows, elapsed_before = ckpt["step"], ckpt["log"], ckpt["seconds"]
+        torch.set_rng_state(ckpt["torch_rng"])
+        np.random.set_state(ckpt["numpy_rng"])
+    rng = np.random.default_rng(options.seed)
+    if ckpt is not None:
+        rng.bit_generator.state = ckpt["rng"]
+
+    tens = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
+    weight = tens(data.weight)
+    ref = tens(data.reference_crop)
+
+    def batch_at(idx: np.ndarray, *, augment: bool, self_frac: float) -> dict:
+        prev_idx = data.prev[idx]
+        prev = np.where((prev_idx >= 0)[:, None, None, None], data.crops[np.maximum(prev_idx, 0)], data.reference_crop[None])
+        prev = torch.from_numpy(prev).to(device)
+        if augment:
+            # self-conditioning: replace the previous crop by the model's own prediction of it
+            sel = np.flatnonzero((prev_idx >= 0) & (rng.random(len(idx)) < self_frac))
+            if len(sel):
+                p = prev_idx[sel]
+                pp = data.prev[p]
+                pp_crop = np.where((pp >= 0)[:, None, None, None], data.crops[np.maximum(pp, 0)], data.reference_crop[None])
+                with torch.no_grad():
+                    _, own = net(tens(data.windows[p]), tens(pp_crop))
+                prev[torch.from_numpy(sel).to(device)] = own
+            prev = prev + options.prev_noise * torch.randn_like(prev)
+            drop = torch.from_numpy(rng.random(len(idx)) < options.prev_drop).to(device)
+            prev = torch.where(drop[:, None, None, None], ref[None].expand_as(prev), prev)
+        return {"windows": tens(data.windows[idx]), "prev": prev, "vertices": tens(data.vertices[idx]),
+                "crops": tens(data.crops[idx]), "masks": tens(data.masks[idx])}
+
+    def validate() -> tuple[float, float]:
+        net.eval()
+        g_sum = t_sum = 0.0
+        with torch.no_grad():
+            for s in range(0, len(data.val), 128):
+                idx = data.val[s:s + 128]
+                g, t = _losses(net, batch_at(idx, augment=False, self_frac=0.0), options, weight)
+                g_sum += float(g) * len(idx)
+                t_sum += float(t) * len(idx)
+        net.train()
+        return g_sum / len(data.val), t_sum / len(data.val)
+
+    def checkpoint(seconds: float) -> None:
+        _atomic_torch_save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                            "step": step, "log": rows, "seconds": seconds, "options": asdict(options),
+                            "audio_norm": audio_norm.to_dict(), "torch_rng": torch.get_rng_state(),
+                            "numpy_rng": np.random.get_state(), "rng": rng.bit_generator.state}, ckpt_path)
+        with open(out / f".{LOG}.tmp", "w", newline="") as f:
+            wr = csv.DictWriter(f, LOG_FIELDS)
+            wr.writeheader()
+            wr.writerows(rows)
+        os.replace(out / f".{LOG}.tmp", out / LOG)
+        _write_plot(out, rows)
+
+    t0 = time.perf_counter()
+    net.train()
+    acc = {"g": 0.0, "t": 0.0, "n": 0}
+    stopped_early = False
+    try:
+        while step < options.steps:
+            idx = rng.choice(data.train, options.batch, replace=len(data.train) < options.batch)
+            self_frac = options.self_condition * min(1.0, step / max(1, 0.5 * options.steps))
+            g, t = _losses(net, batch_at(idx, augment=True, self_frac=self_frac), options, weight)
+            opt.zero_grad(set_to_none=True)
+            (g + t).backward()
+            opt.step()
+            sched.step()
+            step += 1
+            acc["g"] += float(g.detach())
+            acc["t"] += float(t.detach())
+            acc["n"] += 1
+            seconds = elapsed_before + time.perf_counter() - t0
+            if progress:
+                progress(step, options.steps, {"geo": float(g.detach()), "tex": float(t.detach())})
+            out_of_time = max_minutes is not None and seconds > 60 * max_minutes
+            if step % options.val_every == 0 or step == options.steps or out_of_time:
+                vg, vt = validate()
+                rows.append({"step": step, "seconds": round(seconds, 2), "lr": sched.get_last_lr()[0],
+                             "train_geometry": acc["g"] / acc["n"], "train_texture": acc["t"] / acc["n"],
+                             "val_geometry": vg, "val_texture": vt, "val_loss": vg + vt})
+                acc = {"g": 0.0, "t": 0.0, "n": 0}
+                checkpoint(seconds)
+            if out_of_time:
+                stopped_early = True
+                break
+    except KeyboardInterrupt:
+        checkpoint(elapsed_before + time.perf_counter() - t0)
+        raise LipsyncError(f"training interrupted at step {step}; continue it with 'lipsync train {prepared} --out {out} --resume'.") from None
+
+    seconds = elapsed_before + time.perf_counter() - t0
+    last = rows[-1] if rows else {}
+    summary = {"preset": preset, "options": asdict(options), "steps": step, "seconds": round(seconds, 1),
+               "stopped_early": stopped_early, "device": device, "prepared": str(Path(prepared).resolve()),
+               "frames_train": int(len(data.train)), "frames_val": int(len(data.val)),
+               "val_geometry": last.get("val_geometry"), "val_texture": last.get("val_texture"),
+               "val_loss": last.get("val_loss")}
+    save_model(out, net.cpu(), SpeakerData.from_prepared(clip), audio_norm, fps=clip.fps, training=summary)
+    (out / "training.json").write_text(json.dumps(summary, indent=2))
+    return out
+

@@ -1,0 +1,149 @@
+"""Training: a tiny model overfits the fixture, reloads exactly, resumes exactly, does not drift."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lipsync.common import LipsyncError
+from lipsync.model_io import load_model
+from lipsync.training import TrainOptions, prepare_data, train
+
+TINY = TrainOptions(steps=300, batch=16, lr=3e-3, val_every=100, tex_channels=32, pca_components=16,
+                    self_condition=0.3, prev_noise=0.02, prev_drop=0.1)
+OVERFIT_GEOMETRY = 2.0   # training-frame lip error must fall at least this many times below the PCA mean's
+OVERFIT_TEXTURE = 1.3    # training-frame texture error must fall this many times below the reference crop's
+DRIFT_TOL = 0.01         # [0,1] units: mean change of the texture between the first and the last 10 s
+
+
+@pytest.fixture(scope="module")
+def tiny_model(prepared_grid, tmp_path_factory):
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    train(prepared_grid.path, out, options=TINY)
+    return out
+
+
+def teacher_forced_errors(model, clip):
+    """Lip-vertex L1 and masked texture L1 on the training frames, for the model and for the
+    trivial predictions (the PCA mean shape, the reference crop)."""
+    data, _ = prepare_data(clip, model.net.config, TINY, audio_norm=model.audio_norm)
+    idx = data.train
+    prev = np.where((data.prev[idx] >= 0)[:, None, None, None], data.crops[np.maximum(data.prev[idx], 0)],
+                    data.reference_crop[None])
+    with torch.no_grad():
+        verts, crops = model.net(torch.from_numpy(data.windows[idx]), torch.from_numpy(prev))
+    from lipsync.topology import load_topology
+
+    lips = load_topology().regions["lips_outer"]
+    gt_v = data.vertices[idx][:, lips]
+    mean_v = model.net.geometry.basis.bias.detach().numpy().reshape(-1, 3)[lips]
+    mask = data.masks[idx]
+    tex_err = lambda pred: float((np.abs(pred - data.crops[idx]) * mask).sum() / (mask.sum() * 3))  # noqa: E731
+    return {"geometry": float(np.abs(verts.numpy()[:, lips] - gt_v).mean()),
+            "geometry_trivial": float(np.abs(mean_v[None] - gt_v).mean()),
+            "texture": tex_err(crops.numpy()), "texture_trivial": tex_err(data.reference_crop[None])}
+
+
+def test_tiny_model_overfits_the_fixture(tiny_model, prepared_grid):
+    model = load_model(tiny_model)
+    e = teacher_forced_errors(model, prepared_grid)
+    assert e["geometry"] * OVERFIT_GEOMETRY < e["geometry_trivial"], e
+    assert e["texture"] * OVERFIT_TEXTURE < e["texture_trivial"], e
+    log = (tiny_model / "train_log.csv").read_text().splitlines()
+    assert log[0].startswith("step,seconds,lr,train_geometry") and len(log) == 1 + 3
+    assert (tiny_model / "loss.png").is_file()
+    summary = json.loads((tiny_model / "training.json").read_text())
+    assert summary["steps"] == TINY.steps and summary["frames_val"] >= 5
+
+
+def test_saved_model_reloads_to_identical_outputs(tiny_model):
+    a, b = load_model(tiny_model), load_model(tiny_model)
+    windows = torch.randn(40, 1, 80, 24, generator=torch.Generator().manual_seed(0))
+    va, ca = a.net.rollout(windows)
+    vb, cb = b.net.rollout(windows)
+    assert torch.equal(va, vb) and torch.equal(ca, cb)
+    config = json.loads((tiny_model / "config.json").read_text())
+    assert config["format"] == "lipsync-model" and config["fps"] == 25
+    assert a.speaker.reference_atlas.shape == (256, 256, 3) and a.speaker.faces.shape == (898, 3)
+
+
+def test_training_is_reproducible_and_resumes_exactly(prepared_grid, tmp_path):
+    opts = TrainOptions(steps=30, batch=8, val_every=10, tex_channels=16, pca_components=8)
+    train(prepared_grid.path, tmp_path / "a", options=opts)
+    train(prepared_grid.path, tmp_path / "b", options=opts, max_minutes=1e-6)  # stops after one step
+    assert not (tmp_path / "b" / "model.safetensors").exists() or json.loads(
+        (tmp_path / "b" / "training.json").read_text())["stopped_early"]
+    train(prepared_grid.path, tmp_path / "b", options=opts, resume=True)
+    sa = load_model(tmp_path / "a").net.state_dict()
+    sb = load_model(tmp_path / "b").net.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_no_drift_over_sixty_seconds(tiny_model, prepared_grid):
+    """Fed its own predictions for 60 s (1500 frames), the texture stays where it started."""
+    from lipsync.audio_features import audio_windows
+
+    model = load_model(tiny_model)
+    speech, _ = prepared_grid.audio()
+    for name, audio in (("silence", np.zeros(60 * 16000, np.float32)),
+                        ("speech", np.tile(speech, 20)[:60 * 16000])):
+        windows = model.audio_norm.apply(audio_windows(audio, 1500, 25.0))[:, None]
+        verts, crops = model.net.rollout(torch.from_numpy(windows))
+        c = crops.numpy()
+        ref = model.net.reference_crop.numpy()[None]
+        first, last = np.abs(c[:250] - ref).mean(), np.abs(c[-250:] - ref).mean()
+        assert abs(last - first) < DRIFT_TOL, (name, first, last)
+        assert np.isfinite(c).all() and np.isfinite(verts.numpy()).all()
+        if name == "silence":
+            assert np.abs(np.diff(c[-250:], axis=0)).mean() < 1e-3, "silence gives a still face"
+
+
+def test_silence_gives_a_closed_mouth(tiny_model, prepared_grid):
+    from lipsync.preprocessing import mouth_opening
+    from lipsync.synthesis import predict
+
+    model = load_model(tiny_model)
+    verts, _ = predict(model, np.zeros(3 * 16000, np.float32), 25.0)
+    clip_mouth = np.array(prepared_grid.array("mouth_opening"))
+    assert np.median(mouth_opening(verts)) <= np.nanpercentile(clip_mouth, 30)
+
+
+def test_training_refuses_bad_folders(prepared_grid, tmp_path):
+    with pytest.raises(LipsyncError, match="not a prepared clip|manifest"):
+        train(tmp_path, tmp_path / "m", options=TINY)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("x")
+    with pytest.raises(LipsyncError, match="already exists"):
+        train(prepared_grid.path, busy, options=TINY)
+    with pytest.raises(LipsyncError, match="no checkpoint"):
+        train(prepared_grid.path, tmp_path / "fresh", options=TINY, resume=True)
+    with pytest.raises(LipsyncError, match="unknown preset"):
+        train(prepared_grid.path, tmp_path / "p", preset="huge")
+
+
+def test_bad_model_folders_are_refused(tiny_model, tmp_path):
+    import shutil
+
+    with pytest.raises(LipsyncError, match="not a model folder"):
+        load_model(tmp_path / "nothing")
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    (broken / "model.safetensors").unlink()
+    with pytest.raises(LipsyncError, match="no model.safetensors"):
+        load_model(broken)
+    old = tmp_path / "old"
+    shutil.copytree(tiny_model, old)
+    cfg = json.loads((old / "config.json").read_text())
+    cfg["format_version"] = 99
+    (old / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(LipsyncError, match="cannot read; retrain"):
+        load_model(old)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_model, damaged)
+    data = (damaged / "model.safetensors").read_bytes()
+    (damaged / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(LipsyncError, match="damaged or incomplete"):
+        load_model(damaged)
