@@ -90,9 +90,15 @@ def frames_for_audio(num_samples: int, fps: float) -> int:
 
 @dataclass(frozen=True)
 class AudioNorm:
-    """Per-speaker normalization of log-mel bands: ``(x - mean) / std``; mean, std float32 (80,)."""
+    """Per-speaker normalization of log-mel bands: ``(max(x, floor) - mean) / std``; float32 (80,) each.
+
+    ``floor`` is the quietest level of each band in the training audio (its 1st percentile):
+    quieter input, such as the digital silence that pads synthetic speech, is raised to it, so it
+    looks like the speaker's own silence rather than like nothing the model has seen.
+    """
     mean: np.ndarray
     std: np.ndarray
+    floor: np.ndarray
 
     @classmethod
     def fit(cls, windows: np.ndarray) -> "AudioNorm":
@@ -100,17 +106,22 @@ class AudioNorm:
         x = np.asarray(windows, np.float64)
         mean = x.mean(axis=(0, 2))
         std = np.sqrt(((x - mean[None, :, None]) ** 2).mean(axis=(0, 2))) + 1e-3
-        return cls(mean=mean.astype(np.float32), std=std.astype(np.float32))
+        bands = x.transpose(1, 0, 2).reshape(x.shape[1], -1)
+        real = bands > np.log(LOG_FLOOR) + 1e-3  # not the padding beyond either end of the audio
+        floor = np.array([np.percentile(b[r], 1) if r.any() else np.log(LOG_FLOOR) for b, r in zip(bands, real)])
+        return cls(mean=mean.astype(np.float32), std=std.astype(np.float32), floor=floor.astype(np.float32))
 
     def apply(self, windows: np.ndarray) -> np.ndarray:
-        return ((windows - self.mean[None, :, None]) / self.std[None, :, None]).astype(np.float32)
+        x = np.maximum(windows, self.floor[None, :, None])
+        return ((x - self.mean[None, :, None]) / self.std[None, :, None]).astype(np.float32)
 
     def to_dict(self) -> dict:
-        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+        return {"mean": self.mean.tolist(), "std": self.std.tolist(), "floor": self.floor.tolist()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "AudioNorm":
-        return cls(mean=np.asarray(d["mean"], np.float32), std=np.asarray(d["std"], np.float32))
+        return cls(mean=np.asarray(d["mean"], np.float32), std=np.asarray(d["std"], np.float32),
+                   floor=np.asarray(d["floor"], np.float32))
 
 
 def speech_activity(audio: np.ndarray, num_frames: int, fps: float, *, threshold_db: float = -45.0) -> np.ndarray:

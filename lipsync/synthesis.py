@@ -232,14 +232,18 @@ def blend_mask(speaker, size: int, *, feather: float | None = None) -> np.ndarra
     return np.clip(soft * covered, 0, 1).astype(np.float32)
 
 
-def assemble_atlas(reference: np.ndarray, crop_pred: np.ndarray, crop_box, mask: np.ndarray) -> np.ndarray:
-    """The full atlas (S,S,4) float32 0..255: reference with the predicted crop pasted (resized to
-    its box), and the blend mask as alpha."""
+def assemble_atlas(reference: np.ndarray, residual: np.ndarray, crop_box, mask: np.ndarray) -> np.ndarray:
+    """The full atlas (S,S,4) float32 0..255 with the blend mask as alpha.
+
+    The model predicts the lower-face crop at a reduced resolution as a change over the reference;
+    only that change is upsampled (``residual`` (h, w, 3) in [-1, 1]) and added to the
+    full-resolution reference, so static detail (skin, stubble, lip lines) stays sharp.
+    """
     import cv2
 
     t, b, l, r = crop_box
-    atlas = reference.astype(np.float32).copy()
-    atlas[t:b, l:r] = cv2.resize(crop_pred, (r - l, b - t), interpolation=cv2.INTER_CUBIC) * 255.0
+    atlas = reference.astype(np.float32)
+    atlas[t:b, l:r] += cv2.resize(residual, (r - l, b - t), interpolation=cv2.INTER_CUBIC) * 255.0
     return np.concatenate([np.clip(atlas, 0, 255), mask[..., None] * 255.0], -1)
 
 
@@ -263,6 +267,7 @@ class VideoWriter:
     def finish(self) -> None:
         self.proc.stdin.close()
         err = self.proc.stderr.read().decode("utf-8", "replace")
+        self.proc.stderr.close()
         if self.proc.wait() != 0:
             self.abort()
             raise LipsyncError(f"ffmpeg could not encode {self.out} ({err.strip().splitlines()[-1] if err.strip() else 'unknown error'}).")
@@ -272,6 +277,11 @@ class VideoWriter:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stderr):
+            try:
+                stream.close()
+            except (OSError, ValueError):
+                pass
         self.tmp.unlink(missing_ok=True)
 
 
@@ -356,6 +366,7 @@ def synthesize(model, *, out: str | Path, audio: str | Path | None = None, text:
         size = sp.reference_atlas.shape[0]
         mask = blend_mask(sp, size)
         box = tuple(model.net.config.crop)
+        ref_crop = model.net.reference_crop.numpy().transpose(1, 2, 0)  # (h, w, 3) in [0, 1]
         h, w = target_clip.height, target_clip.width
         rend = make_renderer(renderer, h, w, sp.faces, sp.uv, size, channels=4)
         wav = work / "speech.wav"
@@ -372,7 +383,7 @@ def synthesize(model, *, out: str | Path, audio: str | Path | None = None, text:
                     writer.write(frame)
                     continue
                 ta = time.perf_counter()
-                tex = assemble_atlas(sp.reference_atlas, crops[i], box, mask)
+                tex = assemble_atlas(sp.reference_atlas, crops[i] - ref_crop, box, mask)
                 g = target_clip.gains[k]
                 if np.isfinite(g).all():
                     tex[..., :3] = np.clip(tex[..., :3] * np.exp(log_field(g, target_clip.terms, size)), 0, 255)

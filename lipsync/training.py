@@ -45,6 +45,10 @@ class TrainOptions:
     prev_noise: float = 0.03        # std of the noise on the previous texture (0..1 units)
     prev_drop: float = 0.2          # probability of replacing the previous texture by the reference
     self_condition: float = 0.5     # final fraction of samples conditioned on the model's own prediction
+    audio_noise: float = 0.2        # std of noise added to the normalized log-mel windows
+    audio_gain: float = 0.5         # random loudness change (normalized log-mel units, +-)
+    dropout: float = 0.25           # dropout on the audio latent
+    weight_decay: float = 1e-4
     val_fraction: float = 0.1
     seed: int = 0
 
@@ -156,7 +160,7 @@ def build_model(clip, data_vertices_train: np.ndarray, options: TrainOptions):
     size = clip.atlas_size
     crop, h, w = _crop_region(np.array(clip.array("region_masks")), size, options.texture_scale)
     config = ModelConfig(pca_components=options.pca_components, atlas_size=size, crop=crop, tex_height=h,
-                         tex_width=w, tex_channels=options.tex_channels)
+                         tex_width=w, tex_channels=options.tex_channels, dropout=options.dropout)
     net = TalkingFaceModel(config)
     mean, basis, std = fit_pca(data_vertices_train, options.pca_components)
     net.geometry.init_from_pca(mean, basis, std)
@@ -257,7 +261,7 @@ def train(prepared: str | Path, out: str | Path, *, preset: str = "quick", optio
                                     audio_norm=AudioNorm.from_dict(ckpt["audio_norm"]) if ckpt else None)
     net.reference_crop.copy_(torch.from_numpy(data.reference_crop))
     net.to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=options.lr)
+    opt = torch.optim.AdamW(net.parameters(), lr=options.lr, weight_decay=options.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=options.lr, total_steps=options.steps, pct_start=0.05)
     rows: list[dict] = []
     step, elapsed_before = 0, 0.0
@@ -293,7 +297,11 @@ def train(prepared: str | Path, out: str | Path, *, preset: str = "quick", optio
             prev = prev + options.prev_noise * torch.randn_like(prev)
             drop = torch.from_numpy(rng.random(len(idx)) < options.prev_drop).to(device)
             prev = torch.where(drop[:, None, None, None], ref[None].expand_as(prev), prev)
-        return {"windows": tens(data.windows[idx]), "prev": prev, "vertices": tens(data.vertices[idx]),
+        windows = tens(data.windows[idx])
+        if augment and (options.audio_noise or options.audio_gain):
+            gain = (torch.rand(len(idx), 1, 1, 1, device=device) * 2 - 1) * options.audio_gain
+            windows = windows + gain + options.audio_noise * torch.randn_like(windows)
+        return {"windows": windows, "prev": prev, "vertices": tens(data.vertices[idx]),
                 "crops": tens(data.crops[idx]), "masks": tens(data.masks[idx])}
 
     def validate() -> tuple[float, float]:

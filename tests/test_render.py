@@ -209,3 +209,21 @@ def test_auto_falls_back_to_reference_with_a_warning_when_gl_fails(monkeypatch):
         rend = make_renderer("auto", 32, 32, faces, uv, 2, channels=3)
     assert isinstance(rend, ReferenceRenderer)
     assert tuple(rend.render(points, texture)[0][15, 12]) == (0, 0, 255)
+
+
+def test_rendering_then_training_in_one_process(tmp_path):
+    """Mesa's llvmpipe and triton both carry LLVM; loading triton after a GL context crashed the
+    process as soon as an optimizer was made (the demo renders and trains in one process)."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np, torch\n"
+            "from lipsync.render import make_renderer\n"
+            "r = make_renderer('gl', 32, 32, np.array([[0, 1, 2]]), np.zeros((3, 2), np.float32), 4)\n"
+            "r.render(np.array([[1, 1, 0], [30, 1, 0], [1, 30, 0]], np.float32), np.zeros((4, 4, 4), np.uint8))\n"
+            "torch.optim.AdamW(torch.nn.Linear(2, 2).parameters())\n"
+            "print('ok')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    if "unavailable" in proc.stderr:
+        pytest.skip("no EGL context on this machine")
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]

@@ -56,8 +56,19 @@ UNAVAILABLE = ("OpenGL rendering over EGL is unavailable ({reason}); install the
                "libegl1 libgl1-mesa-dri libegl-mesa0, or use --renderer reference.")
 
 
+def _load_triton_first() -> None:
+    """Mesa's llvmpipe and triton (which torch's optimizers import) each carry their own LLVM;
+    loading triton after llvmpipe crashes the process (segmentation fault), before it is fine.
+    So a process that renders and later trains (the demo, the tests) loads triton first."""
+    try:
+        import triton  # noqa: F401
+    except Exception:  # not installed (CPU-only torch builds), or broken: nothing to protect
+        pass
+
+
 def create_egl_context():
     """A standalone moderngl context over EGL (no display needed); ``LipsyncError`` if there is none."""
+    _load_triton_first()
     try:
         import moderngl
         return moderngl.create_standalone_context(backend="egl", require=330)

@@ -1,0 +1,169 @@
+"""Synthesis end to end with a tiny model: a playable mp4 with sound, targets, exports, bad input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, ffmpeg
+from lipsync.media import probe
+from lipsync.model_io import load_model
+from lipsync.synthesis import SAME_PERSON, appearance_similarity, ping_pong
+from lipsync.training import TrainOptions, train
+
+TINY = TrainOptions(steps=60, batch=8, val_every=30, tex_channels=16, pca_components=8)
+
+
+@pytest.fixture(scope="module")
+def model(prepared_grid, tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth") / "model"
+    train(prepared_grid.path, out, options=TINY)
+    return load_model(out)
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory, grid_clip):
+    path = tmp_path_factory.mktemp("audio") / "speech.m4a"  # any format ffmpeg reads
+    ffmpeg("-i", str(grid_clip), "-vn", "-t", "1.5", "-c:a", "aac", str(path))
+    return path
+
+
+def stream_info(path):
+    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_type,codec_name,nb_frames,duration",
+                          "-of", "json", str(path)], capture_output=True, text=True).stdout
+    return {s["codec_type"]: s for s in json.loads(out)["streams"]}
+
+
+def test_synthesis_gives_a_playable_video_with_sound(model, speech, tmp_path):
+    out = tmp_path / "talk.mp4"
+    r = model.synthesize(out=out, audio=speech, renderer="gl")
+    streams = stream_info(out)
+    assert streams["video"]["codec_name"] == "h264" and streams["audio"]["codec_name"] == "aac"
+    frames = int(streams["video"]["nb_frames"])
+    assert frames == r["frames"] and abs(frames / 25 - 1.5) <= 1 / 25  # duration matches the audio within a frame
+    assert abs(float(streams["audio"]["duration"]) - 1.5) <= 1 / 25 + 0.03
+    assert [p.name for p in tmp_path.iterdir()] == ["talk.mp4"]  # no temporary files left
+    assert set(r["timings_s"]) >= {"model", "render", "blend", "encode", "total"}
+
+
+def test_only_the_lower_face_changes(model, speech, tmp_path, grid_clip):
+    """Blending replaces the lower face through a soft mask: the eyes and background are untouched."""
+    from lipsync.media import FrameReader
+
+    out = tmp_path / "talk.mp4"
+    model.synthesize(out=out, audio=speech, renderer="gl")
+    ours = next(iter(FrameReader(probe(out), max_frames=1))).astype(float)
+    orig = next(iter(FrameReader(probe(grid_clip), max_frames=1))).astype(float)
+    lm = np.array(load_prepared_landmarks(model))[0]
+    eyes_y = int(lm[[33, 263], 1].mean())
+    mouth_y = int(lm[13, 1])
+    x0, x1 = int(lm[:, 0].min()), int(lm[:, 0].max())
+    top = np.abs(ours[: eyes_y + 5] - orig[: eyes_y + 5]).mean()
+    assert top < 3.0, "above the eyes only video coding noise"
+    assert np.abs(ours[mouth_y - 10:mouth_y + 10, x0:x1] - orig[mouth_y - 10:mouth_y + 10, x0:x1]).mean() > top
+
+
+def load_prepared_landmarks(model):
+    from lipsync.prepared import open_prepared
+
+    return open_prepared(model.config["training"]["prepared"]).array("landmarks")
+
+
+def test_long_audio_ping_pongs_the_target(model, tmp_path, grid_clip):
+    audio = tmp_path / "long.wav"
+    ffmpeg("-stream_loop", "2", "-i", str(grid_clip), "-vn", "-t", "7", "-ac", "1", "-ar", "16000", str(audio))
+    r = model.synthesize(out=tmp_path / "long.mp4", audio=audio, renderer="gl")
+    assert r["frames"] == 175  # 7 s at 25 fps: longer than the 3 s target, which plays back and forth
+    assert ping_pong(7, 4).tolist() == [0, 1, 2, 3, 2, 1, 0]
+
+
+def test_text_is_spoken_with_espeak(model, tmp_path):
+    if not __import__("shutil").which("espeak-ng"):
+        pytest.skip("espeak-ng is not installed (make test installs it)")
+    r = model.synthesize(out=tmp_path / "tts.mp4", text="Hello there.", renderer="gl")
+    assert r["frames"] > 10 and "espeak" in r["audio"]
+
+
+def test_other_targets_video_and_still_image(model, speech, tmp_path, grid_clip):
+    still = tmp_path / "face.png"
+    ffmpeg("-i", str(grid_clip), "-vf", "select=eq(n\\,30)", "-frames:v", "1", str(still))
+    r = model.synthesize(out=tmp_path / "still.mp4", audio=speech, target=still, renderer="gl")
+    assert any("still image" in n for n in r["notes"])
+    silent_target = tmp_path / "target.mp4"  # a target needs no sound of its own
+    ffmpeg("-i", str(grid_clip), "-an", "-c:v", "libx264", str(silent_target))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # same person: no warning
+        r = model.synthesize(out=tmp_path / "video.mp4", audio=speech, target=silent_target, renderer="gl")
+    assert r["frames"] == 37 or r["frames"] == 38
+
+
+def test_mesh_and_blendshapes_exports(model, speech, tmp_path):
+    r = model.synthesize(out=tmp_path / "t.mp4", audio=speech, mesh=tmp_path / "face.glb",
+                         blendshapes=tmp_path / "face.csv", renderer="gl")
+    from lipsync.export.gltf import read_glb
+
+    glb = read_glb(tmp_path / "face.glb")
+    assert len(glb["times"]) == r["frames"]
+    rows = (tmp_path / "face.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("frame,time_s,") and "jawOpen" in rows[0] and len(rows) == r["frames"] + 1
+
+
+def test_same_person_check(model, prepared_grid):
+    atlas = model.speaker.reference_atlas
+    skin = model.speaker.region_masks[0]
+    assert appearance_similarity(atlas, skin, np.array(prepared_grid.array("reference_atlas"))) > SAME_PERSON
+    other = atlas.copy()
+    rng = np.random.default_rng(0)
+    other[..., :] = np.clip(atlas.astype(int) + rng.normal(0, 40, atlas.shape[:2])[..., None], 0, 255).astype(np.uint8)
+    other[atlas.max(-1) == 0] = 0
+    assert appearance_similarity(atlas, skin, other) < SAME_PERSON
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "lipsync", *map(str, args)], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_bad_input_is_refused_with_one_sentence(model, tmp_path):
+    mdir = model.folder
+    tiny = tmp_path / "tiny.wav"
+    import soundfile as sf
+
+    sf.write(tiny, np.zeros(200, np.float32), 16000)  # 12 ms: shorter than a frame
+    noface = tmp_path / "noface.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=2", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(noface))
+    cases = [
+        (["--audio", tiny], "shorter than one video frame"),
+        (["--audio", tmp_path / "missing.wav"], "does not exist"),
+        (["--audio", noface], "no audio that ffmpeg can decode"),
+        (["--audio", tiny, "--target", noface], "No face was found"),
+        (["--text", "  "], "--text is empty"),
+    ]
+    for extra, expected in cases:
+        out = tmp_path / "o.mp4"
+        p = run_cli("synthesize", "--model", mdir, *extra, "--out", out)
+        assert p.returncode == 2, (extra, p.stderr)
+        err = [ln for ln in p.stderr.splitlines() if ln.startswith("lipsync:")]
+        assert len(err) == 1 and expected in err[0] and "Traceback" not in p.stderr, (extra, p.stderr)
+        assert not out.exists()
+        assert not [n for n in tmp_path.iterdir() if ".partial" in n.name]
+    p = run_cli("synthesize", "--model", tmp_path / "nomodel", "--audio", tiny, "--out", tmp_path / "x.mp4")
+    assert p.returncode == 2 and "not a model folder" in p.stderr
+    p = run_cli("synthesize", "--model", mdir, "--audio", tiny, "--out", tmp_path / "x.avi")
+    assert p.returncode == 2 and "should end in .mp4" in p.stderr
+
+
+def test_silent_audio_gives_a_still_closed_mouth(model, tmp_path):
+    import soundfile as sf
+
+    from lipsync.preprocessing import mouth_opening
+    from lipsync.synthesis import predict
+
+    sf.write(tmp_path / "silence.wav", np.zeros(32000, np.float32), 16000)
+    r = model.synthesize(out=tmp_path / "s.mp4", audio=tmp_path / "silence.wav", renderer="gl")
+    assert any("no speech" in n for n in r["notes"])
+    verts, crops = predict(model, np.zeros(32000, np.float32), 25.0)
+    assert np.ptp(mouth_opening(verts)) < 0.01
