@@ -102,7 +102,12 @@ def load_model(folder: str | Path, *, device: str = "cpu") -> LoadedModel:
         tensors = load_file(str(folder / WEIGHTS))
     except Exception as err:  # safetensors raises its own error types for damaged files
         raise LipsyncError(f"{folder / WEIGHTS} is damaged or incomplete ({err}).") from None
-    net = TalkingFaceModel(ModelConfig.from_dict(config["model"]))
+    try:
+        net = TalkingFaceModel(ModelConfig.from_dict(config["model"]))
+        audio_norm = AudioNorm.from_dict(config["audio_norm"])
+        fps = float(config["fps"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise LipsyncError(f"{folder / CONFIG} is incomplete or from another version ({type(err).__name__}: {err}); retrain the model.") from None
     state = {k[len("net."):]: v for k, v in tensors.items() if k.startswith("net.")}
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
@@ -114,5 +119,5 @@ def load_model(folder: str | Path, *, device: str = "cpu") -> LoadedModel:
             raise LipsyncError(f"{folder / WEIGHTS} lacks the speaker's {k}; retrain the model.")
         speaker[k] = tensors[f"speaker.{k}"].numpy()
     speaker["region_masks"] = speaker["region_masks"].astype(bool)
-    return LoadedModel(folder=folder, net=net, speaker=SpeakerData(**speaker),
-                       audio_norm=AudioNorm.from_dict(config["audio_norm"]), fps=float(config["fps"]), config=config)
+    return LoadedModel(folder=folder, net=net, speaker=SpeakerData(**speaker), audio_norm=audio_norm, fps=fps,
+                       config=config)

@@ -262,7 +262,11 @@ def train(prepared: str | Path, out: str | Path, *, preset: str = "quick", optio
     net.reference_crop.copy_(torch.from_numpy(data.reference_crop))
     net.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=options.lr, weight_decay=options.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=options.lr, total_steps=options.steps, pct_start=0.05)
+    if options.steps < 5:
+        raise LipsyncError(f"training needs at least 5 steps, not {options.steps}.")
+    # warm up over 5% of the steps, but over at least 2.5 steps (OneCycleLR needs a non-empty warm-up)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=options.lr, total_steps=options.steps,
+                                                pct_start=min(0.3, max(0.05, 2.5 / options.steps)))
     rows: list[dict] = []
     step, elapsed_before = 0, 0.0
     if ckpt is not None:

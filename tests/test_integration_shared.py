@@ -48,3 +48,20 @@ def test_grid_speaker_three_minutes(shared_data, tmp_path):
     clip = open_prepared(preprocess(shared_data / "grid_s1" / "s1_train_180s.mp4", tmp_path / "s1"))
     assert clip.manifest["frames"] == 4500
     check_clip(clip)
+
+
+def test_a_different_person_as_target_is_warned_about(shared_data, prepared_grid, tmp_path):
+    """A model of the GRID speaker put into the news anchor's video: it runs, and says it looks wrong."""
+    import warnings
+
+    from lipsync.model_io import load_model
+    from lipsync.training import TrainOptions, train
+
+    model = load_model(train(prepared_grid.path, tmp_path / "m",
+                             options=TrainOptions(steps=20, batch=8, val_every=20, tex_channels=16, pca_components=8)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = model.synthesize(out=tmp_path / "o.mp4", audio=prepared_grid.path / "audio.wav",
+                             target=shared_data / "clips" / "news_anchor_de_20s.mp4", renderer="gl")
+    assert any("different person" in str(w.message) for w in caught)
+    assert any("different person" in n for n in r["notes"])

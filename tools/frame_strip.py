@@ -25,10 +25,10 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", default="10,20,30,40,50", help="frame numbers, comma-separated")
     ap.add_argument("--crop", default=None, help="w,h,x,y of the crop in pixels (default: whole frame)")
     ap.add_argument("--scale", type=float, default=1.0)
-    ap.add_argument("--labels", default=None, help="row labels, comma-separated (default: file names)")
+    ap.add_argument("--labels", default=None, help="row labels separated by | (default: file names)")
     args = ap.parse_args(argv)
     wanted = [int(f) for f in args.frames.split(",")]
-    labels = args.labels.split(",") if args.labels else [Path(v).name for v in args.videos]
+    labels = args.labels.split("|") if args.labels else [Path(v).name for v in args.videos]
     rows = []
     for video, label in zip(args.videos, labels):
         frames = {i: f.copy() for i, f in enumerate(FrameReader(probe(video), max_frames=max(wanted) + 1)) if i in wanted}
