@@ -152,6 +152,24 @@ def test_gl_culls_back_faces_and_keeps_the_nearer_surface(near_first):
     assert np.abs(image - ref_image).max() < 1e-3
 
 
+def test_nvdiffrast_matches_reference_on_a_posed_face(face):
+    """Runs where CUDA and nvdiffrast are installed (a GPU machine); skipped elsewhere."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs an NVIDIA GPU with CUDA (none here)")
+    pytest.importorskip("nvdiffrast.torch", reason="needs the [gpu] extra (nvdiffrast)")
+    from lipsync.render import make_renderer
+
+    vertices, uv, faces = face
+    texture = known_texture(TEX, channels=4)
+    pts = posed(vertices, 20)
+    ref_image, ref_cover = reference_render(pts, faces, uv, texture, IMAGE, IMAGE)
+    rend = make_renderer("nvdiffrast", IMAGE, IMAGE, faces, uv, TEX, channels=4)
+    image, cover = rend.render(pts, texture)
+    rend.close()
+    assert_matches_reference(image, cover, ref_image, ref_cover)
+
+
 def test_nvdiffrast_fails_clearly_without_cuda():
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
