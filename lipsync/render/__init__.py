@@ -24,6 +24,17 @@ class Renderer(Protocol):
     def close(self) -> None: ...
 
 
+def validate_mesh(faces: np.ndarray, uv: np.ndarray, channels: int) -> int:
+    """Check the arguments every renderer is built from; returns the number of vertices V."""
+    check_shape("faces", faces, (None, 3))
+    num_vertices = check_shape("uv", uv, ("V", 2))["V"]
+    if channels not in (3, 4):
+        raise ValueError(f"channels must be 3 or 4, got {channels}")
+    if len(faces) and (np.min(faces) < 0 or np.max(faces) >= num_vertices):
+        raise ValueError(f"faces index vertices outside [0, {num_vertices})")
+    return num_vertices
+
+
 class ReferenceRenderer:
     """``reference.render`` behind the common interface (slow: for tests and machines without EGL).
 
@@ -32,10 +43,7 @@ class ReferenceRenderer:
 
     def __init__(self, height: int, width: int, faces: np.ndarray, uv: np.ndarray, texture_size: int,
                  channels: int = 4):
-        check_shape("faces", faces, (None, 3))
-        self.num_vertices = check_shape("uv", uv, ("V", 2))["V"]
-        if channels not in (3, 4):
-            raise ValueError(f"channels must be 3 or 4, got {channels}")
+        self.num_vertices = validate_mesh(faces, uv, channels)
         self.height, self.width = int(height), int(width)
         self.texture_size, self.channels = int(texture_size), int(channels)
         self.faces = np.asarray(faces)

@@ -97,12 +97,9 @@ class GLRenderer:
 
     def __init__(self, height: int, width: int, faces: np.ndarray, uv: np.ndarray, texture_size: int,
                  channels: int = 4):
-        check_shape("faces", faces, (None, 3))
-        self.num_vertices = check_shape("uv", uv, ("V", 2))["V"]
-        if channels not in (3, 4):
-            raise ValueError(f"channels must be 3 or 4, got {channels}")
-        if len(faces) and (faces.min() < 0 or faces.max() >= self.num_vertices):
-            raise ValueError(f"faces index vertices outside [0, {self.num_vertices})")
+        from . import validate_mesh
+
+        self.num_vertices = validate_mesh(faces, uv, channels)
         self.height, self.width = int(height), int(width)
         self.texture_size, self.channels = int(texture_size), int(channels)
         self._ctx = None

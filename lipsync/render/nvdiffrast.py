@@ -59,12 +59,9 @@ class NvdiffrastRenderer:
 
     def __init__(self, height: int, width: int, faces: np.ndarray, uv: np.ndarray, texture_size: int,
                  channels: int = 4, device: str = "cuda"):
-        check_shape("faces", faces, (None, 3))
-        self.num_vertices = check_shape("uv", uv, ("V", 2))["V"]
-        if channels not in (3, 4):
-            raise ValueError(f"channels must be 3 or 4, got {channels}")
-        if len(faces) and (faces.min() < 0 or faces.max() >= self.num_vertices):
-            raise ValueError(f"faces index vertices outside [0, {self.num_vertices})")
+        from . import validate_mesh
+
+        self.num_vertices = validate_mesh(faces, uv, channels)
         self.height, self.width = int(height), int(width)
         self.texture_size, self.channels = int(texture_size), int(channels)
         self._torch, self._dr = load_nvdiffrast()
