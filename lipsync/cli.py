@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("synthesize", formatter_class=fmt, help="make a talking-head video from new audio or text",
+    p = sub.add_parser("synthesize", help="make a talking-head video from new audio or text",
                        description="Drive a trained model with audio (or text, spoken by espeak-ng) and insert the face "
                                    "into a target video or image (the training video by default).")
     p.add_argument("--model", required=True, help="a model folder (from 'lipsync train')")
@@ -144,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mesh", default=None, help="also write the animated 3D face as glTF (.glb)")
     p.add_argument("--blendshapes", default=None, help="also write per-frame blendshape weights (.csv)")
     p.add_argument("--renderer", choices=["auto", "gl", "nvdiffrast", "reference"], default="auto",
-                   help="rasterizer: OpenGL over EGL, nvdiffrast on CUDA, or the slow reference")
+                   help="rasterizer: OpenGL over EGL, nvdiffrast on CUDA, or the slow reference (default: auto: "
+                        "nvdiffrast when CUDA is there, else OpenGL)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
     p.set_defaults(func=_cmd_synthesize)
