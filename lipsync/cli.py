@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_preprocess)
 
     p = sub.add_parser("train", formatter_class=fmt, help="train a personalized audio-to-face model on a prepared clip",
-                       description="Train the audio-to-face model on a prepared clip (the last 10%% is held out for "
+                       description="Train the audio-to-face model on a prepared clip (the last 10% is held out for "
                                    "validation); writes model.safetensors, config.json, a training log and a loss plot.")
     p.add_argument("prepared", help="a prepared clip folder (from 'lipsync preprocess')")
     p.add_argument("--out", required=True, help="model folder")
