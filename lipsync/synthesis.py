@@ -92,10 +92,18 @@ class Target:
     frames_total: int
     notes: list
 
-    def read_frames(self, count: int) -> list[np.ndarray]:
+    def read_frames(self, count: int, folder: Path) -> np.ndarray:
+        """The first ``count`` frames (fewer if the video has fewer) as uint8 (N, H, W, 3), kept in a
+        memory-mapped file in ``folder`` so that long targets do not have to fit in memory."""
         from .media import FrameReader, probe
 
-        return [f.copy() for f in FrameReader(probe(self.source), max_frames=count)]
+        store = np.lib.format.open_memmap(folder / "target_frames.npy", mode="w+", dtype=np.uint8,
+                                          shape=(max(count, 1), self.height, self.width, 3))
+        n = 0
+        for frame in FrameReader(probe(self.source), max_frames=count):
+            store[n] = frame
+            n += 1
+        return store[:n]
 
 
 def _align_to(model_ref: np.ndarray, target_ref: np.ndarray, stable: np.ndarray):
@@ -356,7 +364,7 @@ def synthesize(model, *, out: str | Path, audio: str | Path | None = None, text:
             raise LipsyncError(f"no frame of the target {target_clip.source} has a usable face; give another target.")
         schedule = usable[ping_pong(n, len(usable))]
         needed = int(schedule.max()) + 1
-        frames = target_clip.read_frames(needed)
+        frames = target_clip.read_frames(needed, work)
         if len(frames) < needed:
             usable = usable[usable < len(frames)]
             schedule = usable[ping_pong(n, len(usable))]
