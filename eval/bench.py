@@ -118,6 +118,19 @@ def _print_train(r: dict) -> None:
           f"({r['steps_per_second']:.1f} steps/s)")
     print(f"final validation loss {r['final_val_loss']:.4f} (geometry {r['val_geometry']:.4f}, texture {r['val_texture']:.4f}), "
           f"first reached (within 2%) after {r['seconds_to_final_val_loss']:.0f} s")
+    _print_memory(r)
+
+
+def _print_stages(r: dict, suffix: str = "") -> None:
+    """The per-stage table (seconds, frames/s) and the overall line of a preprocess or synthesize result."""
+    print(f"{'stage':<10} {'seconds':>9} {'frames/s':>10}")
+    for k, v in r["stages"].items():
+        fps = f"{v['frames_per_s']:.1f}" if v["frames_per_s"] else "-"
+        print(f"{k:<10} {v['seconds']:>9.3f} {fps:>10}")
+    print(f"{'overall':<10} {r['total_s']:>9.3f} {r['overall_frames_per_s']:>10.1f}{suffix}")
+
+
+def _print_memory(r: dict) -> None:
     pm = r["peak_memory"]
     print(f"peak memory: {pm['process_mib']:.0f} MiB (process), {pm['children_mib']:.0f} MiB (largest child)")
 
@@ -125,24 +138,14 @@ def _print_train(r: dict) -> None:
 def _print_synthesize(r: dict) -> None:
     print(f"synthesize {r['frames']} frames at {r['resolution']} ({r['fps_video']:g} fps video) with {r['renderer']}, "
           f"audio {r['audio']}, target {r['target']}")
-    print(f"{'stage':<10} {'seconds':>9} {'frames/s':>10}")
-    for k, v in r["stages"].items():
-        fps = f"{v['frames_per_s']:.1f}" if v["frames_per_s"] else "-"
-        print(f"{k:<10} {v['seconds']:>9.3f} {fps:>10}")
-    print(f"{'overall':<10} {r['total_s']:>9.3f} {r['overall_frames_per_s']:>10.1f}")
-    pm = r["peak_memory"]
-    print(f"peak memory: {pm['process_mib']:.0f} MiB (process), {pm['children_mib']:.0f} MiB (largest child)")
+    _print_stages(r)
+    _print_memory(r)
 
 
 def _print_preprocess(r: dict) -> None:
     print(f"preprocess {r['video']}: {r['frames']} frames {r['resolution']} @ {r['fps_source']:g} fps, atlas {r['atlas_size']}")
-    print(f"{'stage':<10} {'seconds':>9} {'frames/s':>10}")
-    for k, v in r["stages"].items():
-        fps = f"{v['frames_per_s']:.1f}" if v["frames_per_s"] else "-"
-        print(f"{k:<10} {v['seconds']:>9.3f} {fps:>10}")
-    print(f"{'overall':<10} {r['total_s']:>9.3f} {r['overall_frames_per_s']:>10.1f}   ({r['realtime_factor']:.2f}x real time)")
-    pm = r["peak_memory"]
-    print(f"peak memory: {pm['process_mib']:.0f} MiB (process), {pm['children_mib']:.0f} MiB (largest child)")
+    _print_stages(r, f"   ({r['realtime_factor']:.2f}x real time)")
+    _print_memory(r)
 
 
 def main(argv=None) -> int:

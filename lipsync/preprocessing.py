@@ -430,13 +430,15 @@ def preprocess(video: str | Path, out: str | Path, *, options: PreprocessOptions
             lighting = LightingParams(spatial_terms=s_terms, spatial=s_coef, temporal_terms=t_terms, gains=gains)
             sym_before, sym_after = _asymmetry(to_log(ref_raw), ref_log, skin, mirror_xy)
 
+        mouth_series = manifest_mouth(verts, valid)  # (T,) mouth opening; NaN in excluded frames
+
         # 8. audio
         with timer.stage("audio"):
             audio = (extract_aligned_audio(info, n) if info.has_audio
                      else np.zeros(int(round(n / info.fps * 16000)), np.float32))
             sync: dict = {"applied": False}
             if info.has_audio and options.sync_audio:
-                shots, sync = estimate_sync(audio, manifest_mouth(verts, valid), valid, cuts, info.fps)
+                shots, sync = estimate_sync(audio, mouth_series, valid, cuts, info.fps)
                 if sync["applied"]:
                     audio = realign_audio(audio, shots, info.fps, n)
                     sync["shots"] = [[sh.start, sh.end, sh.offset] for sh in shots]
@@ -460,7 +462,7 @@ def preprocess(video: str | Path, out: str | Path, *, options: PreprocessOptions
                               ("region_masks", np.stack([regions[k] for k in REGION_NAMES])),
                               ("lighting_gains", gains), ("skin_residual", stats.res_after.astype(np.float32)),
                               ("skin_correlation", stats.corr.astype(np.float32)), ("lighting_spatial", s_coef.astype(np.float32)),
-                              ("mouth_opening", manifest_mouth(verts, valid).astype(np.float32))):
+                              ("mouth_opening", mouth_series.astype(np.float32))):
                 _save(tmp, name, np.asarray(arr), arrays)
             assert set(ARRAYS) <= set(arrays), set(ARRAYS) - set(arrays)
 
@@ -531,7 +533,7 @@ def preprocess(video: str | Path, out: str | Path, *, options: PreprocessOptions
                     tmp / "previews", topo=topo, landmarks=landmarks, ref_frame=ref_frame, kept_frames=kept_frames,
                     kept_raw=kept_raw, preview_idx=preview_idx, uv=layout.uv, size=size, lighting=lighting,
                     skin=skin, face_area=sampler.covered_mask(), valid=valid, euler=pose.euler_degrees(), fps=info.fps, atlas_path=tmp / "atlas.npy",
-                    mouth=manifest_mouth(verts, valid))
+                    mouth=mouth_series)
         timer.timings["total"] = round(time.perf_counter() - t_start, 4)
         manifest["timings_s"] = timer.timings
         manifest["frames_per_second"] = round(n / timer.timings["total"], 2)
