@@ -15,6 +15,7 @@ import json
 import os
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -51,11 +52,17 @@ class TrainOptions:
     weight_decay: float = 1e-4
     val_fraction: float = 0.1
     seed: int = 0
+    # ablations of the paper (used by the evaluation suite): no previous-frame conditioning;
+    # textures learnt from the atlas before lighting normalization (needs --keep-raw-atlas)
+    autoregressive: bool = True
+    lighting_norm: bool = True
 
 
 PRESETS = {
     "quick": TrainOptions(),
     "full": TrainOptions(steps=30000, batch=64, lr=1e-3, texture_scale=1.0, tex_channels=128, val_every=1000),
+    # for tests and smoke runs only: seconds, not a usable model
+    "tiny": TrainOptions(steps=40, batch=8, val_every=20, tex_channels=32),
 }
 
 Progress = Callable[[int, int, dict], None]
@@ -133,8 +140,8 @@ def prepare_data(clip, config, options: TrainOptions, audio_norm=None):
     ok_prev[1:] = valid[:-1] & ~cuts[1:]
     prev[~ok_prev] = -1
     h, w = config.tex_height, config.tex_width
-    ref = resize_crops(np.array(clip.array("reference_atlas"))[None], config.crop, h, w)[0].astype(np.float32) / 255.0
-    atlas, amask = clip.array("atlas"), clip.array("atlas_mask")
+    ref = resize_crops(reference_atlas(clip, options)[None], config.crop, h, w)[0].astype(np.float32) / 255.0
+    atlas, amask = clip.array(_atlas_name(clip, options)), clip.array("atlas_mask")
     crops = np.empty((n, 3, h, w), np.float32)
     masks = np.empty((n, 1, h, w), np.float32)
     for s in range(0, n, 256):
@@ -152,6 +159,31 @@ def prepare_data(clip, config, options: TrainOptions, audio_norm=None):
     return data, audio_norm
 
 
+def _atlas_name(clip, options: TrainOptions) -> str:
+    if options.lighting_norm:
+        return "atlas"
+    if "atlas_raw" not in clip.manifest["arrays"]:
+        raise LipsyncError(f"{clip.path} has no raw atlas, which training without lighting normalization needs; "
+                           "preprocess the video with --keep-raw-atlas.")
+    return "atlas_raw"
+
+
+def reference_atlas(clip, options: TrainOptions) -> np.ndarray:
+    """uint8 (S,S,3): the clip's lighting-normalized reference atlas, or without lighting
+    normalization the per-texel median of up to 100 evenly spaced usable raw atlases."""
+    if options.lighting_norm:
+        return np.array(clip.array("reference_atlas"))
+    valid = np.flatnonzero(np.array(clip.array("valid")))
+    pick = valid[np.linspace(0, len(valid) - 1, min(100, len(valid))).round().astype(int)]
+    raw = np.asarray(clip.array(_atlas_name(clip, options))[pick], np.float32)
+    mask = np.asarray(clip.array("atlas_mask")[pick])
+    raw[~mask] = np.nan
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # texels never seen: all-NaN slices
+        med = np.nanmedian(raw, axis=0)
+    return np.nan_to_num(med).round().astype(np.uint8)
+
+
 def build_model(clip, data_vertices_train: np.ndarray, options: TrainOptions):
     """A new ``TalkingFaceModel`` sized for this clip, its geometry decoder initialized by PCA."""
     from .model import ModelConfig, TalkingFaceModel
@@ -160,7 +192,8 @@ def build_model(clip, data_vertices_train: np.ndarray, options: TrainOptions):
     size = clip.atlas_size
     crop, h, w = _crop_region(np.array(clip.array("region_masks")), size, options.texture_scale)
     config = ModelConfig(pca_components=options.pca_components, atlas_size=size, crop=crop, tex_height=h,
-                         tex_width=w, tex_channels=options.tex_channels, dropout=options.dropout)
+                         tex_width=w, tex_channels=options.tex_channels, dropout=options.dropout,
+                         autoregressive=options.autoregressive)
     net = TalkingFaceModel(config)
     mean, basis, std = fit_pca(data_vertices_train, options.pca_components)
     net.geometry.init_from_pca(mean, basis, std)
@@ -246,7 +279,8 @@ def train(prepared: str | Path, out: str | Path, *, preset: str = "quick", optio
     except OSError as err:
         raise LipsyncError(f"Cannot create the model folder {out} ({err.strerror or err}); choose a writable location.") from None
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    if not os.environ.get("OMP_NUM_THREADS"):  # respect a caller that shares the machine
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
     _seed_all(options.seed)
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False) if resume else None
     if ckpt is not None:
@@ -374,7 +408,10 @@ def train(prepared: str | Path, out: str | Path, *, preset: str = "quick", optio
                "frames_train": int(len(data.train)), "frames_val": int(len(data.val)),
                "val_geometry": last.get("val_geometry"), "val_texture": last.get("val_texture"),
                "val_loss": last.get("val_loss")}
-    save_model(out, net.cpu(), SpeakerData.from_prepared(clip), audio_norm, fps=clip.fps, training=summary)
+    speaker = SpeakerData.from_prepared(clip)
+    if not options.lighting_norm:
+        speaker.reference_atlas = reference_atlas(clip, options)
+    save_model(out, net.cpu(), speaker, audio_norm, fps=clip.fps, training=summary)
     (out / "training.json").write_text(json.dumps(summary, indent=2))
     return out
 

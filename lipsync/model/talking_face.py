@@ -31,6 +31,7 @@ class ModelConfig:
     tex_width: int = 96
     tex_channels: int = 96
     prev_code: int = 16
+    autoregressive: bool = True     # False: the previous frame is not seen (an ablation)
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -61,10 +62,14 @@ class TalkingFaceModel(nn.Module):
         self.texture = TextureDecoder(c.latent + c.prev_code, c.tex_height, c.tex_width, c.tex_channels)
         self.register_buffer("reference_crop", torch.zeros(3, c.tex_height, c.tex_width))
 
+    def _code(self, prev_crop: torch.Tensor) -> torch.Tensor:
+        code = self.previous(prev_crop - self.reference_crop)
+        return code if self.config.autoregressive else torch.zeros_like(code)
+
     def forward(self, windows: torch.Tensor, prev_crop: torch.Tensor):
         z = self.audio(windows)
         verts = self.geometry(z)
-        code = self.previous(prev_crop - self.reference_crop)
+        code = self._code(prev_crop)
         crop = (self.reference_crop + self.texture(torch.cat([z, code], 1))).clamp(0.0, 1.0)
         return verts, crop
 
@@ -84,7 +89,7 @@ class TalkingFaceModel(nn.Module):
         for t in range(len(z)):
             if starts is not None and bool(starts[t]):
                 prev = self.reference_crop[None]
-            code = self.previous(prev - self.reference_crop)
+            code = self._code(prev)
             cur = (self.reference_crop + self.texture(torch.cat([z[t:t + 1], code], 1))).clamp(0.0, 1.0)
             crops[t] = cur[0]
             prev = cur
