@@ -139,16 +139,24 @@ SAME_PERSON = 0.75
 
 
 def prepare_target(model, target: str | Path | None, workdir: Path, progress: Progress | None = None) -> Target:
-    """The training clip (``target=None``) or any video/still image, preprocessed on the fly."""
+    """The training clip (``target=None``), a prepared clip folder made with ``--keep-raw-atlas``,
+    or any video/still image, preprocessed on the fly."""
+    return target_for_speaker(model.speaker, target, workdir, progress,
+                              training_prepared=model.config.get("training", {}).get("prepared"))
+
+
+def target_for_speaker(speaker, target: str | Path | None, workdir: Path, progress: Progress | None = None, *,
+                       training_prepared: str | None = None) -> Target:
+    """``prepare_target`` for a speaker's reference data (``model_io.SpeakerData``)."""
     from .lighting import estimate_gains, poly_terms, to_log
     from .preprocessing import PreprocessOptions, preprocess
-    from .prepared import open_prepared
+    from .prepared import MANIFEST, open_prepared
     from .topology import load_topology
 
     topo = load_topology()
     notes: list[str] = []
     if target is None:
-        prepared = model.config.get("training", {}).get("prepared")
+        prepared = training_prepared
         if not prepared or not Path(prepared).is_dir():
             raise LipsyncError("the model's training clip is not on this machine any more; give a target video or image with --target.")
         clip = open_prepared(prepared)
@@ -165,26 +173,34 @@ def prepare_target(model, target: str | Path | None, workdir: Path, progress: Pr
     target = Path(target)
     from .media import probe
 
-    video = target
-    try:
-        probe(target)
-    except LipsyncError as err:
-        if "still image" not in str(err):
-            raise
-        video = workdir / "still.mp4"  # a still image becomes a one-second video of itself
-        proc = subprocess.run([shutil.which("ffmpeg") or "ffmpeg", "-nostdin", "-v", "error", "-y", "-loop", "1", "-i",
-                               str(target), "-t", "1", "-r", "25", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
-                               "-pix_fmt", "yuv420p", "-c:v", "libx264", str(video)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise LipsyncError(f"{target} could not be read as an image ({proc.stderr.strip()}).") from None
-        notes.append("the target is a still image: the head stays still")
-    opts = PreprocessOptions(atlas_size=int(model.net.config.atlas_size), keep_raw_atlas=True, previews=False,
-                             require_audio=False, min_seconds=0.5)
-    clip = open_prepared(preprocess(video, workdir / "target", options=opts,
-                                    progress=progress and (lambda st, d, t: progress(f"target {st}", d, t))))
-    (s, r, t), _ = _align_to(model.speaker.reference_vertices, np.array(clip.array("reference_vertices")),
+    size = int(speaker.reference_atlas.shape[0])
+    if target.is_dir() and (target / MANIFEST).is_file():
+        clip = open_prepared(target)
+        if "atlas_raw" not in clip.manifest["arrays"] or clip.atlas_size != size:
+            raise LipsyncError(f"the prepared target {target} needs the raw atlas at size {size}; preprocess it with "
+                               f"--keep-raw-atlas --atlas-size {size}.")
+        video = Path(clip.manifest["source"])
+    else:
+        video = target
+        try:
+            probe(target)
+        except LipsyncError as err:
+            if "still image" not in str(err):
+                raise
+            video = workdir / "still.mp4"  # a still image becomes a one-second video of itself
+            proc = subprocess.run([shutil.which("ffmpeg") or "ffmpeg", "-nostdin", "-v", "error", "-y", "-loop", "1", "-i",
+                                   str(target), "-t", "1", "-r", "25", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
+                                   "-pix_fmt", "yuv420p", "-c:v", "libx264", str(video)], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise LipsyncError(f"{target} could not be read as an image ({proc.stderr.strip()}).") from None
+            notes.append("the target is a still image: the head stays still")
+        opts = PreprocessOptions(atlas_size=size, keep_raw_atlas=True, previews=False, require_audio=False,
+                                 min_seconds=0.5)
+        clip = open_prepared(preprocess(video, workdir / "target", options=opts,
+                                        progress=progress and (lambda st, d, t: progress(f"target {st}", d, t))))
+    (s, r, t), _ = _align_to(speaker.reference_vertices, np.array(clip.array("reference_vertices")),
                              topo.regions["stable"])
-    similarity = appearance_similarity(model.speaker.reference_atlas, model.speaker.region_masks[0],
+    similarity = appearance_similarity(speaker.reference_atlas, speaker.region_masks[0],
                                        np.array(clip.array("reference_atlas")))
     if similarity < SAME_PERSON:
         msg = (f"the target's face does not look like the model's speaker (similarity {similarity:.2f} < {SAME_PERSON}); "
@@ -199,8 +215,8 @@ def prepare_target(model, target: str | Path | None, workdir: Path, progress: Pr
     # lighting of each target frame relative to the model's normalized reference
     terms = poly_terms(2)
     raw, mask = clip.array("atlas_raw"), clip.array("atlas_mask")
-    skin = model.speaker.region_masks[0] & (model.speaker.reference_atlas.max(-1) > 0)
-    ref_log = to_log(model.speaker.reference_atlas)
+    skin = speaker.region_masks[0] & (speaker.reference_atlas.max(-1) > 0)
+    ref_log = to_log(speaker.reference_atlas)
     gains = np.full((clip.num_frames, 3, len(terms)), np.nan, np.float32)
     valid = np.array(clip.array("valid"))
     for st in range(0, clip.num_frames, 256):
@@ -259,12 +275,12 @@ class VideoWriter:
     """Raw RGB frames piped into ffmpeg (H.264 yuv420p + the AAC audio), written to a temporary
     file and moved into place by ``finish()``; ``abort()`` removes it."""
 
-    def __init__(self, out: Path, width: int, height: int, fps: float, audio_wav: Path):
+    def __init__(self, out: Path, width: int, height: int, fps: float, audio_wav: Path, *, crf: int = 18):
         self.out = out
         self.tmp = out.with_name(f".{out.stem}.partial-{os.getpid()}{out.suffix or '.mp4'}")
         cmd = [shutil.which("ffmpeg") or "ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
                "-s", f"{width}x{height}", "-r", f"{fps}", "-i", "-", "-i", str(audio_wav), "-map", "0:v", "-map", "1:a",
-               "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-preset", "veryfast", "-crf", "18",
+               "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-preset", "veryfast", "-crf", str(int(crf)),
                "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "128k", "-shortest", "-movflags", "+faststart",
                "-f", "mp4", str(self.tmp)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -325,14 +341,103 @@ def predict(model, audio: np.ndarray, fps: float):
     return verts.numpy(), crops.permute(0, 2, 3, 1).numpy()
 
 
+def frame_schedule(count: int, target, mode: str = "usable") -> np.ndarray:
+    """Which target frame each of ``count`` output frames is laid over.
+
+    ``usable``: back and forth (ping-pong) over the target's frames with a usable face, so every
+    output frame shows the synthesized mouth; ``aligned``: output frame i over target frame i
+    (ping-pong over all frames when the audio is longer), so output and target stay in step, as an
+    evaluation against the target's own frames needs (frames without a face pass through).
+    """
+    if mode == "aligned":
+        return ping_pong(count, target.frames_total)
+    if mode != "usable":
+        raise ValueError(f"unknown schedule {mode!r}")
+    usable = np.flatnonzero(target.valid)
+    if len(usable) == 0:
+        raise LipsyncError(f"no frame of the target {target.source} has a usable face; give another target.")
+    return usable[ping_pong(count, len(usable))]
+
+
+def composite_video(speaker, target: Target, verts: np.ndarray, texture_at: Callable[[int], np.ndarray], out: Path,
+                    wav: Path, *, schedule: str = "usable", renderer: str = "auto", relight: bool = True,
+                    workdir: Path, crf: int = 18, progress: Progress | None = None) -> dict:
+    """Render the face ``verts`` (T,V,3, canonical units of ``speaker``) with the atlas
+    ``texture_at(i)`` (float32 (S,S,4), 0..255, alpha = blend weight) into the target's frames,
+    re-applying each target frame's head pose and (``relight``) lighting, and encode ``out`` with
+    the audio ``wav``. Returns timings and the renderer used."""
+    from .lighting import log_field
+    from .pose import apply_similarity
+    from .render import make_renderer
+
+    progress = progress or (lambda stage, done, total: None)
+    n = len(verts)
+    t0 = time.perf_counter()
+    order = frame_schedule(n, target, schedule)
+    needed = int(order.max()) + 1
+    frames = target.read_frames(needed, workdir)
+    if len(frames) < needed:  # the container promised more frames than it had
+        if schedule == "aligned":
+            order = ping_pong(n, len(frames))
+        else:
+            usable = np.flatnonzero(target.valid[:len(frames)])
+            order = usable[ping_pong(n, len(usable))]
+    timings = {"decode": time.perf_counter() - t0}
+    size = speaker.reference_atlas.shape[0]
+    h, w = target.height, target.width
+    rend = make_renderer(renderer, h, w, speaker.faces, speaker.uv, size, channels=4)
+    writer = VideoWriter(out, w, h, target.fps, wav, crf=crf)
+    t_render = t_blend = t_write = 0.0
+    try:
+        for i in range(n):
+            k = int(order[i])
+            frame = frames[k]
+            if not target.valid[k] or not np.isfinite(target.pose_scale[k]):
+                writer.write(frame)
+                continue
+            ta = time.perf_counter()
+            tex = texture_at(i)
+            g = target.gains[k]
+            if relight and np.isfinite(g).all():
+                tex[..., :3] = np.clip(tex[..., :3] * np.exp(log_field(g, target.terms, size)), 0, 255)
+            pts = apply_similarity(verts[i][None], target.pose_scale[k][None], target.pose_rotation[k][None],
+                                   target.pose_translation[k][None])[0]
+            img, cover = rend.render(pts, tex)
+            tb = time.perf_counter()
+            alpha = (img[..., 3:4] / 255.0) * cover[..., None]
+            blended = frame.astype(np.float32) * (1 - alpha) + img[..., :3] * alpha
+            result = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+            tc = time.perf_counter()
+            writer.write(result)
+            t_render += tb - ta
+            t_blend += tc - tb
+            t_write += time.perf_counter() - tc
+            if i % 25 == 0:
+                progress("render", i + 1, n)
+        progress("render", n, n)
+        tw = time.perf_counter()
+        writer.finish()
+        t_write += time.perf_counter() - tw
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        close = getattr(rend, "close", None)
+        if close:
+            close()
+    timings.update(render=t_render, blend=t_blend, encode=t_write)
+    return {"timings": timings, "renderer": type(rend).__name__}
+
+
 def synthesize(model, *, out: str | Path, audio: str | Path | None = None, text: str | None = None,
                target: str | Path | None = None, mesh: str | Path | None = None,
-               blendshapes: str | Path | None = None, renderer: str = "auto",
-               progress: Progress | None = None) -> dict:
-    """Make a talking-head video (and optionally a .glb and a blendshape CSV); returns a summary."""
-    from .lighting import log_field
+               blendshapes: str | Path | None = None, renderer: str = "auto", schedule: str = "usable",
+               crf: int = 18, progress: Progress | None = None) -> dict:
+    """Make a talking-head video (and optionally a .glb and a blendshape CSV); returns a summary.
+
+    ``schedule``: how output frames follow the target's frames (see ``frame_schedule``); ``crf``:
+    the H.264 quality (lower = closer to lossless, larger files)."""
     from .media import write_wav
-    from .render import make_renderer
 
     progress = progress or (lambda stage, done, total: None)
     out = _check_output(Path(out), (".mp4",), "video")
@@ -358,69 +463,17 @@ def synthesize(model, *, out: str | Path, audio: str | Path | None = None, text:
             notes.append("no speech was found in the audio: the mouth stays closed")
         timings["model"] = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        usable = np.flatnonzero(target_clip.valid)
-        if len(usable) == 0:
-            raise LipsyncError(f"no frame of the target {target_clip.source} has a usable face; give another target.")
-        schedule = usable[ping_pong(n, len(usable))]
-        needed = int(schedule.max()) + 1
-        frames = target_clip.read_frames(needed, work)
-        if len(frames) < needed:
-            usable = usable[usable < len(frames)]
-            schedule = usable[ping_pong(n, len(usable))]
-        timings["decode"] = time.perf_counter() - t0
-
         sp = model.speaker
-        size = sp.reference_atlas.shape[0]
-        mask = blend_mask(sp, size)
+        mask = blend_mask(sp, sp.reference_atlas.shape[0])
         box = tuple(model.net.config.crop)
         ref_crop = model.net.reference_crop.numpy().transpose(1, 2, 0)  # (h, w, 3) in [0, 1]
-        h, w = target_clip.height, target_clip.width
-        rend = make_renderer(renderer, h, w, sp.faces, sp.uv, size, channels=4)
         wav = work / "speech.wav"
         write_wav(wav, speech[: int(round(n / fps * 16000))])
-        writer = VideoWriter(out, w, h, fps, wav)
-        t_render = t_blend = t_write = 0.0
-        try:
-            from .pose import apply_similarity
-
-            for i in range(n):
-                k = int(schedule[i])
-                frame = frames[k]
-                if not target_clip.valid[k] or not np.isfinite(target_clip.pose_scale[k]):
-                    writer.write(frame)
-                    continue
-                ta = time.perf_counter()
-                tex = assemble_atlas(sp.reference_atlas, crops[i] - ref_crop, box, mask)
-                g = target_clip.gains[k]
-                if np.isfinite(g).all():
-                    tex[..., :3] = np.clip(tex[..., :3] * np.exp(log_field(g, target_clip.terms, size)), 0, 255)
-                pts = apply_similarity(verts[i][None], target_clip.pose_scale[k][None], target_clip.pose_rotation[k][None],
-                                       target_clip.pose_translation[k][None])[0]
-                img, cover = rend.render(pts, tex)
-                tb = time.perf_counter()
-                alpha = (img[..., 3:4] / 255.0) * cover[..., None]
-                blended = frame.astype(np.float32) * (1 - alpha) + img[..., :3] * alpha
-                result = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
-                tc = time.perf_counter()
-                writer.write(result)
-                t_render += tb - ta
-                t_blend += tc - tb
-                t_write += time.perf_counter() - tc
-                if i % 25 == 0:
-                    progress("render", i + 1, n)
-            progress("render", n, n)
-            tw = time.perf_counter()
-            writer.finish()
-            t_write += time.perf_counter() - tw
-        except BaseException:
-            writer.abort()
-            raise
-        finally:
-            close = getattr(rend, "close", None)
-            if close:
-                close()
-        timings.update(render=t_render, blend=t_blend, encode=t_write)
+        relight = bool(model.config.get("training", {}).get("options", {}).get("lighting_norm", True))
+        done = composite_video(sp, target_clip, verts, lambda i: assemble_atlas(sp.reference_atlas, crops[i] - ref_crop, box, mask),
+                               out, wav, schedule=schedule, renderer=renderer, relight=relight, workdir=work,
+                               crf=crf, progress=progress)
+        timings.update(done["timings"])
         extras = {}
         if mesh:
             from .export.gltf import write_glb
@@ -437,7 +490,7 @@ def synthesize(model, *, out: str | Path, audio: str | Path | None = None, text:
             extras["blendshapes"] = {"names": names, "frames": int(len(weights))}
     timings["total"] = time.perf_counter() - t_all
     return {"out": str(out), "frames": n, "fps": fps, "seconds": n / fps, "audio": origin,
-            "resolution": f"{target_clip.width}x{target_clip.height}", "renderer": type(rend).__name__,
+            "resolution": f"{target_clip.width}x{target_clip.height}", "renderer": done["renderer"],
             "target": str(target_clip.source), "notes": notes, "speech_fraction": float(active.mean()),
             "timings_s": {k: round(v, 3) for k, v in timings.items()},
             "frames_per_second": round(n / max(timings["total"], 1e-9), 1), **extras}
