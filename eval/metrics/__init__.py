@@ -1,0 +1,126 @@
+"""The registry of metrics the evaluation computes on every sample (one method's output on one clip).
+
+Each metric is a ``Metric`` record registered by the module that implements it:
+
+* ``image.py``   psnr, ssim, lpips: fidelity of the face region to the ground truth;
+* ``lipsync.py`` lmd, mouth_corr (landmarks against the ground truth), av_offset, av_confidence
+  (weight-free audio-visual sync), lse_d, lse_c (SyncNet);
+* ``realism.py`` sharpness, flicker (against the real frames under the output), fid (set level).
+
+``settings`` is a plain dict from the command line (see ``DEFAULT_SETTINGS``); every metric reads
+only the keys it needs. A metric that cannot run here (weights absent, package missing) says why
+through ``check(settings)`` (asked once, before any computing) or by raising
+``eval.core.Unavailable`` from ``compute``. A metric that runs but finds nothing to measure on a
+sample (no face tracked in the output) returns ``MetricValue(nan, extra={"reason": ...})``; the
+statistics count those clips as failed.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from lipsync.common import LipsyncError
+
+from ..core import MetricValue, Sample
+
+# Settings every metric understands; the command line fills them in (None = not given).
+DEFAULT_SETTINGS: dict = {
+    # torchvision's AlexNet ImageNet weights (alexnet-owt-7be5be79.pth) for LPIPS; None: look in
+    # $TORCH_HOME/hub/checkpoints/.
+    "lpips_weights": None,
+    # SyncNet's syncnet_v2.model and the S3FD face detector's sfd_face.pth (syncnet-python).
+    "syncnet_weights": None,
+    "s3fd_weights": None,
+    # Inception-v3 weights for FID: torchvision's inception_v3_google-0cc3c7bd.pth or pytorch-fid's
+    # pt_inception-2015-12-05-6726825d.pth; None: look for either in $TORCH_HOME/hub/checkpoints/.
+    "inception_weights": None,
+    # torch device for the network metrics ("cpu", "cuda").
+    "device": "cpu",
+    # frames per clip (evenly spaced) whose face crops feed FID; Inception-v3 is slow on a CPU.
+    "fid_frames": 25,
+}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric.
+
+    Members:
+        name: registry key (also the report's column).
+        better: "higher" or "lower".
+        needs_reference: needs ground-truth frames (``Sample.reference``), so it is skipped in
+            cross-audio runs.
+        unit: unit of the value ("dB", "% of eye distance", "" for unitless).
+        description: one sentence for the report.
+        requires: what it needs to run (weights, packages), for the report.
+        compute: ``compute(sample, settings) -> MetricValue``; raises ``Unavailable`` if it cannot run.
+        check: optional ``check(settings) -> str | None``: why it cannot run here (None: it can).
+        aggregate: optional ``aggregate(values, rng) -> float`` for set-level metrics (FID); by
+            default a method's value is the mean of its clip values.
+    """
+    name: str
+    better: str
+    needs_reference: bool
+    unit: str
+    description: str
+    requires: str
+    compute: Callable[[Sample, dict], MetricValue]
+    check: Callable[[dict], str | None] | None = None
+    aggregate: Callable[[list[MetricValue], np.random.Generator], float] | None = None
+
+    def __post_init__(self):
+        if self.better not in ("higher", "lower"):
+            raise ValueError(f"metric {self.name}: better must be 'higher' or 'lower', not {self.better!r}")
+
+    def unavailable(self, settings: dict | None = None) -> str | None:
+        """Why this metric cannot run with ``settings`` (None when it can)."""
+        return self.check(resolve_settings(settings)) if self.check is not None else None
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def register(metric: Metric) -> Metric:
+    """Add ``metric`` to ``METRICS`` (called by the modules that define metrics, at import)."""
+    if metric.name in METRICS:
+        raise ValueError(f"metric {metric.name!r} is registered twice")
+    METRICS[metric.name] = metric
+    return metric
+
+
+def resolve_settings(settings: dict | None) -> dict:
+    """``DEFAULT_SETTINGS`` updated with the given settings (unknown keys are kept)."""
+    out = dict(DEFAULT_SETTINGS)
+    out.update({k: v for k, v in (settings or {}).items() if v is not None})
+    return out
+
+
+def torch_hub_checkpoints() -> Path:
+    """Where torch keeps downloaded weights: ``$TORCH_HOME/hub/checkpoints`` (torch's own rule,
+    computed without importing torch)."""
+    home = os.environ.get("TORCH_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "torch")
+    return Path(home) / "hub" / "checkpoints"
+
+
+def available_metrics() -> list[str]:
+    """Names of all registered metrics, in report order."""
+    return list(METRICS)
+
+
+def get_metrics(names: list[str] | None = None) -> list[Metric]:
+    """The metrics called ``names`` (None: all); an unknown name raises ``LipsyncError``."""
+    if names is None:
+        return list(METRICS.values())
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise LipsyncError(f"unknown metric {', '.join(map(repr, unknown))}; choose from {', '.join(METRICS)}.")
+    return [METRICS[n] for n in dict.fromkeys(names)]
+
+
+# The modules that define metrics register them on import; their heavy imports (torch, mediapipe,
+# lpips, syncnet) happen inside functions, so importing the registry stays cheap.
+from . import image, lipsync, realism  # noqa: E402,F401
