@@ -1,0 +1,76 @@
+"""The registry of methods the evaluation compares. Each method is one small module that
+subclasses ``Method`` and registers itself with ``@register``.
+
+A method is constructed with the run's ``RunContext``; ``check()`` raises ``Unavailable`` when it
+cannot run here (missing weights, missing folder); ``fit()`` trains it on
+``ctx.train_prepared``/``ctx.train_video`` (or does nothing), keeping what it trained under
+``ctx.cache`` keyed by a content hash of its inputs so that a re-run reuses it; ``render()``
+writes the method's video for one test clip driven by one audio file.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import ClassVar
+
+from lipsync.common import LipsyncError
+
+from ..core import RunContext, TestClip
+
+REGISTRY: dict[str, type["Method"]] = {}
+# modules that define methods (imported lazily, on first use of the registry)
+_MODULES = ("ground_truth", "frozen", "lipsync3d", "personalized_2d", "external", "wav2lip_checkpoint")
+_loaded = False
+
+
+class Method:
+    """Base class. Subclasses set ``name``, ``description`` and ``trainable``."""
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    trainable: ClassVar[bool] = False
+
+    def __init__(self, ctx: RunContext):
+        self.ctx = ctx
+
+    def check(self) -> None:
+        """Raise ``Unavailable`` (with the reason) if the method cannot run here."""
+
+    def fit(self) -> dict:
+        """Train (or load what an earlier run trained); returns facts for the report
+        (e.g. ``{"seconds": 231.0, "cached": False}``)."""
+        return {}
+
+    def render(self, clip: TestClip, audio: Path, out: Path) -> dict:
+        """Write ``out`` (mp4, H.264 + AAC): the method's result for ``clip`` driven by ``audio``
+        (16 kHz mono wav). Output frame i is laid over the clip's frame
+        ``eval.core.frame_schedule(n, clip.frames)[i]``, where n is the audio's length in frames at
+        ``clip.fps``; the size and fps are the clip's. Write atomically (``lipsync.synthesis.VideoWriter``)."""
+        raise NotImplementedError
+
+
+def register(cls: type[Method]) -> type[Method]:
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def _load() -> None:
+    global _loaded
+    if _loaded:
+        return
+    for mod in _MODULES:
+        importlib.import_module(f"{__name__}.{mod}")
+    _loaded = True
+
+
+def available_methods() -> list[str]:
+    _load()
+    return list(REGISTRY)
+
+
+def get_method(name: str) -> type[Method]:
+    _load()
+    if name not in REGISTRY:
+        raise LipsyncError(f"unknown method {name!r}; choose from {', '.join(REGISTRY)}.")
+    return REGISTRY[name]
