@@ -1,0 +1,142 @@
+"""The evaluation run: protocol split, registries, claims, and a tiny end-to-end run on the fixture."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from lipsync.common import LipsyncError
+
+
+def test_split_points_cut_the_test_part_into_clips():
+    from eval.protocol import split_points
+
+    split, ranges = split_points(1000, 25.0, 0.2, 2.0)
+    assert split == 800
+    assert ranges[0][0] == 800 and ranges[-1][1] == 1000
+    assert all(a < b for a, b in ranges) and all(r[1] == s[0] for r, s in zip(ranges, ranges[1:]))
+    assert len(ranges) == 4  # 200 frames in clips of ~50
+    _, one = split_points(75, 25.0, 0.2, 5.0)
+    assert one == [(60, 75)]
+    with pytest.raises(LipsyncError, match="between 0 and 1"):
+        split_points(100, 25.0, 1.5, 2.0)
+
+
+def test_frame_schedule_follows_then_ping_pongs():
+    from eval.core import frame_schedule
+
+    assert frame_schedule(4, 10).tolist() == [0, 1, 2, 3]
+    assert frame_schedule(7, 4).tolist() == [0, 1, 2, 3, 2, 1, 0]
+
+
+def test_registries_reject_unknown_names():
+    from eval.methods import available_methods, get_method
+    from eval.metrics import get_metrics
+
+    assert {"ground_truth", "lipsync3d", "frozen", "no_autoregression", "no_lighting_norm"} <= set(available_methods())
+    with pytest.raises(LipsyncError, match="unknown method 'wav3lip'"):
+        get_method("wav3lip")
+    with pytest.raises(LipsyncError, match="psnrr"):
+        get_metrics(["psnrr"])
+
+
+def test_content_key_changes_with_file_content(tmp_path):
+    from eval.core import content_key
+
+    f = tmp_path / "a.bin"
+    f.write_bytes(b"one")
+    k1 = content_key(f, {"x": 1})
+    assert content_key(f, {"x": 1}) == k1
+    assert content_key(f, {"x": 2}) != k1
+    f.write_bytes(b"two")
+    assert content_key(f, {"x": 1}) != k1
+
+
+def _doc(per_clip: dict) -> dict:
+    return {"per_clip": per_clip, "config": {"seed": 0},
+            "metrics": {"lmd": {"better": "lower"}, "mouth_corr": {"better": "higher"}}}
+
+
+def test_claims_are_decided_by_paired_intervals():
+    from eval.report import check_claims
+
+    rng = np.random.default_rng(1)
+    clips = [f"c{i}" for i in range(12)]
+    good = {c: {"lmd": 1.0 + 0.05 * rng.standard_normal(), "mouth_corr": 0.8 + 0.02 * rng.standard_normal()} for c in clips}
+    bad = {c: {"lmd": 2.0 + 0.05 * rng.standard_normal(), "mouth_corr": 0.1 + 0.02 * rng.standard_normal()} for c in clips}
+    same = {c: dict(v) for c, v in good.items()}
+    claims = {c["baseline"]: c for c in check_claims(_doc({"lipsync3d": good, "frozen": bad}))}
+    assert claims["frozen"]["verdict"] == "holds"
+    reverse = {c["baseline"]: c for c in check_claims(_doc({"lipsync3d": bad, "frozen": good}))}
+    assert reverse["frozen"]["verdict"] == "does not hold"
+    tie = [c for c in check_claims(_doc({"lipsync3d": good, "personalized_2d": same})) if c["baseline"] == "personalized_2d"]
+    assert tie[0]["verdict"] == "inconclusive"
+    missing = {c["baseline"]: c for c in check_claims(_doc({"lipsync3d": good}))}
+    assert missing["frozen"]["verdict"] == "not tested"
+
+
+def test_bad_inputs_give_one_sentence(tmp_path, capsys):
+    from eval.run import main
+
+    assert main(["--video", str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "eval.run: error:" in err and "Traceback" not in err
+    (tmp_path / "file").write_text("x")
+    assert main(["--video", str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "file"), "--quiet"]) == 2
+    assert main(["--video", "x.mp4", "--out", str(tmp_path / "r2"), "--methods", "nope", "--quiet"]) == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, grid_clip):
+    """The whole suite on the 3-second fixture: tiny training, three methods, cross-audio by TTS."""
+    from eval.run import main
+
+    out = tmp_path_factory.mktemp("eval") / "results"
+    args = ["--video", str(grid_clip), "--preset", "tiny", "--methods", "ground_truth", "frozen", "lipsync3d",
+            "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    return out, args
+
+
+def test_tiny_run_writes_every_output(tiny_run):
+    out, _ = tiny_run
+    for name in ("results.json", "results.csv", "report.md", "side_by_side.mp4", "plots/metrics.png",
+                 "plots/mouth_opening.png", "plots/av_offset.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    doc = json.loads((out / "results.json").read_text())
+    assert set(doc["results"]) == {"ground_truth", "frozen", "lipsync3d"}
+    for method, row in doc["results"].items():
+        for metric, entry in row.items():
+            assert ("value" in entry and "ci95" in entry) or "unavailable" in entry, (method, metric)
+    # weights that cannot be had here are reported as unavailable with the reason, never as numbers
+    for name in ("lpips", "lse_d", "lse_c", "fid"):
+        if name in doc["results"]["lipsync3d"]:
+            entry = doc["results"]["lipsync3d"][name]
+            assert "unavailable" in entry and len(entry["unavailable"]) > 10
+    for key in ("config", "versions", "git_commit", "timings_s", "protocol", "claims"):
+        assert key in doc
+    assert doc["config"]["seed"] == 0 and doc["versions"]["lipsync"]
+    gt = doc["results"]["ground_truth"]
+    assert gt["psnr"]["value"] > 38  # one H.264 encode at crf 12
+    assert gt["psnr"]["value"] > doc["results"]["frozen"]["psnr"]["value"]
+    assert gt["lmd"]["value"] < doc["results"]["frozen"]["lmd"]["value"]
+    assert doc["cross_audio"] and "psnr" not in doc["cross_audio"]["lipsync3d"]
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert {r["method"] for r in rows} == {"ground_truth", "frozen", "lipsync3d"}
+    report = (out / "report.md").read_text()
+    assert "| method |" in report and "unavailable" in report and "claims" in report
+
+
+def test_tiny_run_reuses_its_work(tiny_run):
+    from eval.run import main
+
+    out, args = tiny_run
+    before = json.loads((out / "results.json").read_text())
+    assert main(args) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["methods"]["lipsync3d"]["cached"] is True
+    assert all(v["render"]["cached"] for per in doc["per_clip"].values() for v in per.values())
+    assert doc["results"] == before["results"]
