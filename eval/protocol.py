@@ -47,15 +47,11 @@ def _write_segment(source: Path, audio: np.ndarray, start: int, stop: int, fps: 
     wav = work / f"{out.stem}.wav"
     a, b = int(round(start / fps * 16000)), int(round(stop / fps * 16000))
     write_wav(wav, audio[a:b])
-    writer = VideoWriter(out, info.width, info.height, fps, wav, crf=EVAL_CRF)
     try:
-        for i, frame in enumerate(FrameReader(info, max_frames=stop)):
-            if i >= start:
-                writer.write(frame)
-        writer.finish()
-    except BaseException:
-        writer.abort()
-        raise
+        with VideoWriter(out, info.width, info.height, fps, wav, crf=EVAL_CRF) as writer:
+            for i, frame in enumerate(FrameReader(info, max_frames=stop)):
+                if i >= start:
+                    writer.write(frame)
     finally:
         wav.unlink(missing_ok=True)
 

@@ -209,26 +209,22 @@ def side_by_side(out: Path, videos: dict[str, list[Path]], audios: list[Path], f
     width, height = cols * tw, rows * (th + bar)
     wav = out.with_name(".side_by_side_audio.wav")
     write_wav(wav, np.concatenate([load_audio(a) for a in audios]))
-    writer = VideoWriter(out, width, height, fps, wav, crf=EVAL_CRF + 6)
     try:
-        for c in range(len(audios)):
-            readers = [iter(FrameReader(probe(videos[m][c]))) for m in names]
-            count = min(probe(videos[m][c]).frames for m in names)
-            for i in range(count):
-                canvas = np.full((height, width, 3), 20, np.uint8)
-                for j, (m, rd) in enumerate(zip(names, readers)):
-                    frame = next(rd, None)
-                    y, x = (j // cols) * (th + bar), (j % cols) * tw
-                    if frame is not None:
-                        canvas[y + bar:y + bar + th, x:x + tw] = cv2.resize(frame, (tw, th), interpolation=cv2.INTER_AREA)
-                    cv2.putText(canvas, m, (x + 6, y + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
-                writer.write(canvas)
-            if progress:
-                progress("side-by-side video", c + 1, len(audios))
-        writer.finish()
-    except BaseException:
-        writer.abort()
-        raise
+        with VideoWriter(out, width, height, fps, wav, crf=EVAL_CRF + 6) as writer:
+            for c in range(len(audios)):
+                readers = [iter(FrameReader(probe(videos[m][c]))) for m in names]
+                count = min(probe(videos[m][c]).frames for m in names)
+                for i in range(count):
+                    canvas = np.full((height, width, 3), 20, np.uint8)
+                    for j, (m, rd) in enumerate(zip(names, readers)):
+                        frame = next(rd, None)
+                        y, x = (j // cols) * (th + bar), (j % cols) * tw
+                        if frame is not None:
+                            canvas[y + bar:y + bar + th, x:x + tw] = cv2.resize(frame, (tw, th), interpolation=cv2.INTER_AREA)
+                        cv2.putText(canvas, m, (x + 6, y + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+                    writer.write(canvas)
+                if progress:
+                    progress("side-by-side video", c + 1, len(audios))
     finally:
         wav.unlink(missing_ok=True)
     return out
@@ -272,7 +268,11 @@ def write_report(path: Path, doc: dict, claims: list[dict], plots: list[str]) ->
     labels = {k: f"{k} ({m['name']})" for k, m in doc["methods"].items() if m.get("name") not in (None, k)}
     L += table(doc["results"], doc["metrics"], labels)
     if doc.get("cross_audio"):
-        L += ["", "## Cross-audio (speech that is not the speaker's; metrics that need no reference)", ""]
+        n_cross = max((len(v) for v in doc.get("cross_audio_videos", {}).values()), default=0)
+        L += ["", "## Cross-audio (speech that is not the speaker's; metrics that need no reference)", "",
+              f"{n_cross} recordings of other voices, each driving the frames of another test clip; intervals are over "
+              "those recordings. Here `ground_truth` is the real frames under speech they do not match: what "
+              "unsynchronized real mouth motion scores on the sync measures.", ""]
         L += table(doc["cross_audio"], {k: v for k, v in doc["metrics"].items() if not v["needs_reference"]}, labels)
     L += ["", "## The paper's claims, checked here", "",
           "Each claim compares two methods clip by clip: the mean difference over test clips with a 95% bootstrap "

@@ -273,7 +273,8 @@ def assemble_atlas(reference: np.ndarray, residual: np.ndarray, crop_box, mask: 
 
 class VideoWriter:
     """Raw RGB frames piped into ffmpeg (H.264 yuv420p + the AAC audio), written to a temporary
-    file and moved into place by ``finish()``; ``abort()`` removes it."""
+    file and moved into place by ``finish()``; ``abort()`` removes it. As a context manager it
+    finishes when the block ends normally and aborts when it raises."""
 
     def __init__(self, out: Path, width: int, height: int, fps: float, audio_wav: Path, *, crf: int = 18):
         self.out = out
@@ -284,6 +285,15 @@ class VideoWriter:
                "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "128k", "-shortest", "-movflags", "+faststart",
                "-f", "mp4", str(self.tmp)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.finish()
+        else:
+            self.abort()
 
     def write(self, frame: np.ndarray) -> None:
         self.proc.stdin.write(np.ascontiguousarray(frame, np.uint8).tobytes())

@@ -167,3 +167,21 @@ def test_silent_audio_gives_a_still_closed_mouth(model, tmp_path):
     assert any("no speech" in n for n in r["notes"])
     verts, crops = predict(model, np.zeros(32000, np.float32), 25.0)
     assert np.ptp(mouth_opening(verts)) < 0.01
+
+
+def test_video_writer_finishes_or_leaves_nothing(tmp_path):
+    from lipsync.media import write_wav
+    from lipsync.synthesis import VideoWriter
+
+    wav = tmp_path / "a.wav"
+    write_wav(wav, np.zeros(16000, np.float32))
+    frame = np.full((64, 64, 3), 128, np.uint8)
+    with VideoWriter(tmp_path / "ok.mp4", 64, 64, 25.0, wav) as writer:
+        for _ in range(25):
+            writer.write(frame)
+    assert probe(tmp_path / "ok.mp4").frames == 25
+    with pytest.raises(RuntimeError):
+        with VideoWriter(tmp_path / "bad.mp4", 64, 64, 25.0, wav) as writer:
+            writer.write(frame)
+            raise RuntimeError("the producer failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav", "ok.mp4"]

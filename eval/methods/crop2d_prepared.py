@@ -274,8 +274,7 @@ def render_crop2d(model, clip: TestClip, audio: Path, out: Path, *, device: str 
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix="crop2d-render-", dir=out.parent) as tmp:
         frames = read_video(clip.video, Path(tmp))
-        writer = VideoWriter(out, clip.width, clip.height, clip.fps, Path(audio), crf=EVAL_CRF)
-        try:
+        with VideoWriter(out, clip.width, clip.height, clip.fps, Path(audio), crf=EVAL_CRF) as writer:
             for i in range(n):
                 k = min(int(schedule[i]), len(frames) - 1)
                 frame = frames[k]
@@ -284,10 +283,6 @@ def render_crop2d(model, clip: TestClip, audio: Path, out: Path, *, device: str 
                     continue
                 canvas = assemble_atlas(model.speaker.reference_atlas, crops[i] - ref_crop, box, mask)[..., :3]
                 writer.write(paste_back(frame, canvas, mats[k], mask))
-            writer.finish()
-        except BaseException:
-            writer.abort()
-            raise
     seconds = time.perf_counter() - t0
     return {"frames": n, "seconds": round(seconds, 3), "frames_per_second": round(n / max(seconds, 1e-9), 2)}
 

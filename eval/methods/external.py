@@ -142,17 +142,12 @@ class External(Method):
             track = Path(tmp) / "audio.wav"
             # our sound, padded to exactly n frames so the writer's -shortest never drops a frame
             write_wav(track, np.pad(speech, (0, max(0, int(np.ceil(n / clip.fps * 16000)) - len(speech)))))
-            writer = VideoWriter(out, clip.width, clip.height, clip.fps, track, crf=EVAL_CRF)
-            try:
+            with VideoWriter(out, clip.width, clip.height, clip.fps, track, crf=EVAL_CRF) as writer:
                 for i, k in enumerate(idx):
                     frame = frames[k]
                     writer.write(cv2.resize(frame, (clip.width, clip.height), interpolation=interp) if resize else frame)
                     if i % 50 == 0:
                         self.ctx.progress("external", i + 1, n)
-                writer.finish()
-            except BaseException:
-                writer.abort()
-                raise
         return {"source": str(src), "name": self.display_name, "frames": n,
                 "source_frames": int(len(frames)), "source_fps": info.fps,
                 "source_size": f"{info.width}x{info.height}", "frames_added": int(added), "resized": resize}

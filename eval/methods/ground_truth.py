@@ -17,14 +17,9 @@ def write_frames(frames: np.ndarray, order: np.ndarray, fps: float, audio: Path,
     from lipsync.synthesis import VideoWriter
 
     h, w = frames.shape[1:3]
-    writer = VideoWriter(out, w, h, fps, audio, crf=EVAL_CRF)
-    try:
+    with VideoWriter(out, w, h, fps, audio, crf=EVAL_CRF) as writer:
         for k in order:
             writer.write(frames[int(k)])
-        writer.finish()
-    except BaseException:
-        writer.abort()
-        raise
 
 
 def audio_frames(audio: Path, fps: float) -> int:

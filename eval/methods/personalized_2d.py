@@ -370,8 +370,7 @@ def render_2d(model: Model2D, clip: TestClip, audio: Path, out: Path, *, device:
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix="p2d-render-", dir=out.parent) as tmp:
         frames = read_video(clip.video, Path(tmp))
-        writer = VideoWriter(out, clip.width, clip.height, clip.fps, Path(audio), crf=EVAL_CRF)
-        try:
+        with VideoWriter(out, clip.width, clip.height, clip.fps, Path(audio), crf=EVAL_CRF) as writer:
             for s in range(0, n, batch):
                 ks = np.minimum(schedule[s:s + batch], len(frames) - 1)
                 ok = np.array([k < len(mats) and np.isfinite(mats[k]).all() for k in ks])
@@ -385,10 +384,6 @@ def render_2d(model: Model2D, clip: TestClip, audio: Path, out: Path, *, device:
                 pred = (x.permute(0, 2, 3, 1).cpu().numpy() * 255.0)
                 for j, k in enumerate(ks):
                     writer.write(paste_back(frames[k], pred[j], mats[k], mask) if ok[j] else frames[k])
-            writer.finish()
-        except BaseException:
-            writer.abort()
-            raise
     seconds = time.perf_counter() - t0
     return {"frames": n, "seconds": round(seconds, 3), "frames_per_second": round(n / max(seconds, 1e-9), 2)}
 
