@@ -21,7 +21,7 @@ export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 export TORCH_HOME := $(CURDIR)/.cache/torch
 export GRADIO_TEMP_DIR := $(CURDIR)/.cache/gradio
 
-.PHONY: demo test test-all bench system-deps venv clean
+.PHONY: demo test test-all bench eval system-deps venv clean
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -54,5 +54,10 @@ test-all: venv
 bench: venv
 	$(BIN)/python -m eval.bench preprocess ../shared/data/grid_s1/s1_train_180s.mp4
 
+# The evaluation of issue 4 on the shared GRID speaker (about 40 minutes on 2 CPU cores from scratch).
+eval: venv
+	$(BIN)/python -m eval.run --video ../shared/data/grid_s1/s1_train_180s.mp4 \
+	  --test-clips ../shared/data/grid_s1/eval_clips --preset quick --out eval_results
+
 clean:
-	rm -rf $(VENV) .cache examples test-artifacts bench-results
+	rm -rf $(VENV) .cache examples test-artifacts bench-results eval_results

@@ -37,7 +37,14 @@ ALL_METHODS = ("ground_truth", "lipsync3d", "no_lighting_norm", "no_pose_norm", 
 # methods that run unless --methods says otherwise: everything that needs nothing from the user
 DEFAULT_METHODS = ("ground_truth", "lipsync3d", "no_lighting_norm", "no_pose_norm", "no_autoregression", "frozen",
                    "personalized_2d")
-CROSS_TEXT = "Please put the blue pen on the table, then read the next sentence slowly and clearly."
+# The default cross-audio test: sentences spoken by espeak-ng in several voices (not the speaker's).
+CROSS_SPEECH = (
+    ("en-us", "Please put the blue pen on the table, then read the next sentence slowly and clearly."),
+    ("en", "We were away a year ago, when the weather was warm and the sea was calm."),
+    ("en-us+f3", "My mother made a big pot of soup for the whole family on Sunday."),
+    ("en-gb-x-rp", "Which watch did you wish to wear at the show this evening?"),
+    ("en-us+m3", "Five fat frogs hopped over the muddy path and jumped into the pool."),
+)
 RESULTS_VERSION = 1
 
 
@@ -248,10 +255,11 @@ def cross_audio_files(args, cache: Path) -> list[Path]:
     folder = cache / "cross_audio"
     folder.mkdir(parents=True, exist_ok=True)
     if not args.cross_audio:
-        wav = folder / "tts_espeak.wav"
-        if not wav.is_file():
-            write_wav(wav, load_audio(text_to_speech(CROSS_TEXT, folder)))
-        out.append(wav)
+        for i, (voice, text) in enumerate(CROSS_SPEECH):
+            wav = folder / f"tts{i + 1}-{voice.replace('+', '_')}.wav"
+            if not wav.is_file():
+                write_wav(wav, load_audio(text_to_speech(text, folder, voice=voice)))
+            out.append(wav)
     for f in args.cross_audio or []:
         f = Path(f)
         wav = folder / f"{f.stem}-{file_digest(f)}.wav"
@@ -361,7 +369,7 @@ def run(args) -> dict:
     results = _summaries(methods, metrics, sample_values, metric_unavail, unavailable_methods, summarize, args.seed,
                          sample_reasons)
 
-    # cross-audio: foreign speech over the first test clip, reference-free metrics only
+    # cross-audio: foreign speech over the test clips' frames, reference-free metrics only
     t0 = time.perf_counter()
     cross_results, cross_samples = {}, {}
     if not args.no_cross_audio and clips:
@@ -369,14 +377,15 @@ def run(args) -> dict:
         cross_values = {m.name: {mt.name: [] for mt in free} for m in methods}
         wavs = cross_audio_files(args, cache)
         for m in methods:
-            for wav in wavs:
+            for j, wav in enumerate(wavs):
+                clip = clips[j % len(clips)]  # each foreign sentence over another test clip's frames
                 video = out / "videos" / "cross_audio" / m.name / f"{wav.stem}.mp4"
                 try:
-                    _render_cached(m, clips[0], wav, video, method_info[m.name])
+                    _render_cached(m, clip, wav, video, method_info[m.name])
                 except Unavailable:
                     continue
                 cross_samples.setdefault(m.name, {})[wav.stem] = str(video.relative_to(out))
-                lazy = LazySample(m.name, clips[0], video, wav, with_reference=False,
+                lazy = LazySample(m.name, clip, video, wav, with_reference=False,
                                   workdir=cache / "samples_cross" / m.name / wav.stem)
                 for mt in free:
                     if mt.name in metric_unavail:
@@ -465,7 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--clip-seconds", type=float, default=5.0, help="length of the test clips cut from it (default 5)")
     ap.add_argument("--max-test-clips", type=int, help="use only the first N test clips")
     ap.add_argument("--cross-audio", nargs="+", metavar="FILE",
-                    help="audio of another speaker for the cross-audio test (default: a sentence by espeak-ng)")
+                    help="audio of other speakers for the cross-audio test, each over another test clip "
+                         "(default: five sentences by espeak-ng in five voices)")
     ap.add_argument("--no-cross-audio", action="store_true", help="skip the cross-audio test")
     ap.add_argument("--no-video", action="store_true", help="do not write the side-by-side video")
     ap.add_argument("--seed", type=int, default=0)
