@@ -250,10 +250,17 @@ def _write_plot(folder: Path, rows: list[dict]) -> None:
     os.replace(tmp, folder / PLOT)
 
 
+class TrainingStopped(LipsyncError):
+    """``train`` stopped because ``should_stop()`` said so; its checkpoint lets ``resume=True`` go on."""
+
+
 def train(prepared: str | Path, out: str | Path, *, preset: str = "quick", options: TrainOptions | None = None,
           max_minutes: float | None = None, device: str = "auto", resume: bool = False,
-          progress: Progress | None = None) -> Path:
-    """Train a model on a prepared clip; returns the model folder. See the module docstring."""
+          progress: Progress | None = None, should_stop=None) -> Path:
+    """Train a model on a prepared clip; returns the model folder. See the module docstring.
+
+    ``should_stop``: a callable checked after every step (e.g. a Cancel button); when it returns
+    True, training writes a checkpoint and raises ``TrainingStopped``."""
     import torch
 
     from .common import resolve_device
@@ -397,6 +404,9 @@ def train(prepared: str | Path, out: str | Path, *, preset: str = "quick", optio
             if out_of_time:
                 stopped_early = True
                 break
+            if should_stop is not None and should_stop():
+                checkpoint(seconds)
+                raise TrainingStopped(f"training stopped at step {step} of {options.steps}; resume it to continue from there.")
     except KeyboardInterrupt:
         checkpoint(elapsed_before + time.perf_counter() - t0)
         raise LipsyncError(f"training interrupted at step {step}; continue it with 'lipsync train {prepared} --out {out} --resume'.") from None

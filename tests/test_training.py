@@ -9,7 +9,7 @@ import torch
 
 from lipsync.common import LipsyncError
 from lipsync.model_io import load_model
-from lipsync.training import TrainOptions, prepare_data, train
+from lipsync.training import TrainingStopped, TrainOptions, prepare_data, train
 
 TINY = TrainOptions(steps=300, batch=16, lr=3e-3, val_every=100, tex_channels=32, pca_components=16,
                     self_condition=0.3, prev_noise=0.02, prev_drop=0.1)
@@ -79,6 +79,15 @@ def test_training_is_reproducible_and_resumes_exactly(prepared_grid, tmp_path):
     sa = load_model(tmp_path / "a").net.state_dict()
     sb = load_model(tmp_path / "b").net.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    # a stop request (the demo's Cancel button) between validations checkpoints that very step
+    steps = []
+    with pytest.raises(TrainingStopped, match="stopped at step 17 of 30"):
+        train(prepared_grid.path, tmp_path / "c", options=opts, progress=lambda s, n, l: steps.append(s),
+              should_stop=lambda: len(steps) >= 17)
+    assert not (tmp_path / "c" / "model.safetensors").exists()
+    train(prepared_grid.path, tmp_path / "c", options=opts, resume=True)
+    sc = load_model(tmp_path / "c").net.state_dict()
+    assert all(torch.equal(sa[k], sc[k]) for k in sa)
 
 
 def test_no_drift_over_sixty_seconds(tiny_model, prepared_grid):
