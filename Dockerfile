@@ -13,5 +13,6 @@ RUN pip install --no-cache-dir .
 ENV NUMBA_CACHE_DIR=/app/.cache/numba MPLCONFIGDIR=/app/.cache/matplotlib \
     TORCH_HOME=/app/.cache/torch GRADIO_TEMP_DIR=/app/.cache/gradio
 
-# The main job (as `make demo`): prepare the bundled GRID example into /app/examples.
-CMD ["lipsync", "preprocess", "tests/fixtures/grid_s1_bgaa8p.mpg", "--out", "examples/grid_s1_prepared", "--overwrite", "--progress"]
+EXPOSE 7860
+# The main job (as `make demo`): the Gradio demo, listening on every interface of the container.
+CMD ["python", "-m", "demo", "--host", "0.0.0.0", "--port", "7860"]

@@ -10,10 +10,9 @@ BIN := $(VENV)/bin
 # The venv is rebuilt whenever the dependency declaration changes.
 DEPS_HASH := $(shell cat pyproject.toml | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
-APT_PACKAGES := ffmpeg espeak-ng libegl1 libgl1-mesa-dri libegl-mesa0
+APT_PACKAGES := ffmpeg espeak-ng libegl1 libgl1-mesa-dri libegl-mesa0 chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 PYTEST_ARGS ?=
-EXAMPLE := tests/fixtures/grid_s1_bgaa8p.mpg
 
 # Keep the caches of numba, matplotlib, torch and gradio inside the project.
 export NUMBA_CACHE_DIR := $(CURDIR)/.cache/numba
@@ -40,10 +39,9 @@ $(STAMP): pyproject.toml
 
 venv: system-deps $(STAMP)
 
-# The main job. Until the Gradio demo exists, it prepares the bundled GRID example and prints its summary.
+# The main job: the Gradio demo on http://127.0.0.1:7860 (python -m demo --help for --host/--port).
 demo: venv
-	$(BIN)/lipsync preprocess $(EXAMPLE) --out examples/grid_s1_prepared --overwrite --progress
-	@echo "previews: examples/grid_s1_prepared/previews/"
+	$(BIN)/python -m demo
 
 test: venv
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)

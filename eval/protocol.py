@@ -37,7 +37,7 @@ def prepare_cached(video: Path, cache: Path, *, sync_audio: bool, progress: Prog
     return out
 
 
-def _write_segment(source: Path, audio: np.ndarray, start: int, stop: int, fps: float, out: Path, work: Path) -> None:
+def write_segment(source: Path, audio: np.ndarray, start: int, stop: int, fps: float, out: Path, work: Path) -> None:
     """Frames [start, stop) of ``source`` and the matching audio (16 kHz, sample 0 = frame 0 of the
     source) as an mp4 at ``EVAL_CRF``."""
     from lipsync.media import FrameReader, probe, write_wav
@@ -68,7 +68,7 @@ def split_points(frames: int, fps: float, test_fraction: float, clip_seconds: fl
     return split, [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
 
-def _test_clip(name: str, video: Path, prepared: Path) -> TestClip:
+def clip_from(name: str, video: Path, prepared: Path) -> TestClip:
     from lipsync.prepared import open_prepared
 
     m = open_prepared(prepared).manifest
@@ -99,7 +99,7 @@ def prepare_protocol(video: Path, cache: Path, *, test_clips: Path | None = None
         for k, f in enumerate(files):
             if progress:
                 progress("prepare test clips", k, len(files))
-            clips.append(_test_clip(f.stem, f, prepare_cached(f, cache, sync_audio=False)))
+            clips.append(clip_from(f.stem, f, prepare_cached(f, cache, sync_audio=False)))
         return video, train_prepared, clips, {"protocol": "held-out clips", "test_clips_dir": str(test_clips),
                                               "train_frames": open_prepared(train_prepared).num_frames}
 
@@ -113,7 +113,7 @@ def prepare_protocol(video: Path, cache: Path, *, test_clips: Path | None = None
     seg.mkdir(parents=True, exist_ok=True)
     train_video = seg / "train.mp4"
     if not train_video.is_file():
-        _write_segment(video, audio, 0, split, fps, train_video, seg)
+        write_segment(video, audio, 0, split, fps, train_video, seg)
     train_prepared = prepare_cached(train_video, cache, sync_audio=False, progress=progress)
     clips = []
     for k, (a, b) in enumerate(ranges):
@@ -122,8 +122,8 @@ def prepare_protocol(video: Path, cache: Path, *, test_clips: Path | None = None
         name = f"test{k:02d}_{a:06d}"
         path = seg / f"{name}.mp4"
         if not path.is_file():
-            _write_segment(video, audio, a, b, fps, path, seg)
-        clips.append(_test_clip(name, path, prepare_cached(path, cache, sync_audio=False)))
+            write_segment(video, audio, a, b, fps, path, seg)
+        clips.append(clip_from(name, path, prepare_cached(path, cache, sync_audio=False)))
     facts = {"protocol": "self-reenactment", "frames": n, "fps": fps, "train_frames": split,
              "test_frames": int(sum(b - a for a, b in ranges)), "test_fraction": test_fraction,
              "clip_seconds": clip_seconds, "audio_sync": full.manifest.get("sync")}

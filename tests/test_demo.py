@@ -1,0 +1,231 @@
+"""The demo's handlers, called directly (no server, no browser, no network).
+
+One work folder per module, the ``tiny`` training preset (seconds) for everything that trains.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gradio as gr
+import pytest
+
+from conftest import GRID_CLIP, ROOT, ffmpeg
+
+from demo import compare, handlers, jobs
+from demo.checks import check_audio, check_text, check_video
+from demo.config import DemoConfig, Limits
+from lipsync.common import LipsyncError
+
+CACHED_EXAMPLE_S = 1.0  # a second visit shows the example from the cache: well under a second
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory) -> DemoConfig:
+    return DemoConfig(root=tmp_path_factory.mktemp("demo-root"), example_preset="tiny")
+
+
+@pytest.fixture
+def session(cfg) -> dict:
+    return jobs.new_session(cfg)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict[str, Path]:
+    """Small files made with ffmpeg: no face, too long, silent, a photo, a text file."""
+    d = tmp_path_factory.mktemp("media")
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=2", "-f", "lavfi", "-i", "sine=duration=2",
+           "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(d / "noface.mp4"))
+    ffmpeg("-f", "lavfi", "-i", "color=c=gray:size=64x48:rate=1:duration=310", "-c:v", "libx264",
+           "-pix_fmt", "yuv420p", str(d / "long.mp4"))
+    ffmpeg("-f", "lavfi", "-i", "sine=duration=61", str(d / "long.wav"))
+    ffmpeg("-i", str(GRID_CLIP), "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(d / "silent.mp4"))
+    ffmpeg("-i", str(GRID_CLIP), "-vn", str(d / "speech.wav"))
+    ffmpeg("-ss", "1", "-i", str(GRID_CLIP), "-frames:v", "1", str(d / "photo.png"))
+    (d / "notes.mp4").write_text("this is not a video\n")
+    return {p.name: p for p in d.iterdir()}
+
+
+@pytest.fixture(scope="module")
+def grid_session(cfg) -> dict:
+    """A session whose speaker is the GRID clip, uploaded and preprocessed through the handler."""
+    session = jobs.new_session(cfg)
+    out = handlers.preprocess_speaker(cfg, session, str(GRID_CLIP), "Grid upload")
+    return out[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# structure
+
+def test_import_demo_is_light():
+    code = "import sys, demo; print(sorted(m for m in ('torch', 'gradio', 'mediapipe') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_build_app_without_launching(cfg):
+    from demo.app import build_app
+
+    app = build_app(cfg)
+    assert isinstance(app, gr.Blocks)
+    names = {d.api_name for d in app.fns.values()}
+    assert {"run_example", "preprocess", "train", "synthesize", "compare"} <= names
+
+
+def test_cli_defaults():
+    from demo.__main__ import build_parser
+
+    args = build_parser().parse_args([])
+    assert (args.host, args.port) == ("127.0.0.1", 7860)
+
+
+# ---------------------------------------------------------------------------------------------
+# upload checks (before any slow work)
+
+def test_wrong_type_is_refused(cfg, media):
+    with pytest.raises(LipsyncError, match="is not a readable video file") as err:
+        check_video(media["notes.mp4"], "notes.mp4", cfg.limits)
+    assert str(media["notes.mp4"].parent) not in str(err.value)
+
+
+def test_too_long_video_is_refused_quickly(cfg, media):
+    t0 = time.perf_counter()
+    with pytest.raises(LipsyncError, match="310 s long; the limit here is 300 s"):
+        check_video(media["long.mp4"], "long.mp4", cfg.limits)
+    assert time.perf_counter() - t0 < 5
+
+
+def test_too_large_video_is_refused(media):
+    with pytest.raises(LipsyncError, match="videos may be at most"):
+        check_video(media["noface.mp4"], "noface.mp4", Limits(video_mb=0.001))
+
+
+def test_audio_checks(cfg, media):
+    with pytest.raises(LipsyncError, match="the limit here is 60 s"):
+        check_audio(media["long.wav"], "long.wav", cfg.limits)
+    with pytest.raises(LipsyncError, match="has no sound"):
+        check_audio(media["silent.mp4"], "silent.mp4", cfg.limits)
+    path, seconds = check_audio(media["speech.wav"], "speech.wav", cfg.limits)
+    assert 2.5 < seconds < 3.5
+    with pytest.raises(LipsyncError, match="text is empty"):
+        check_text("  ", cfg.limits)
+    with pytest.raises(LipsyncError, match="characters"):
+        check_text("a" * 501, cfg.limits)
+
+
+def test_photo_is_a_target(cfg, media):
+    assert check_video(media["photo.png"], "photo.png", cfg.limits, allow_image=True)[1] == "image"
+
+
+# ---------------------------------------------------------------------------------------------
+# handlers: error paths show one sentence
+
+def test_no_face_is_a_readable_error_and_leaves_no_speaker(cfg, session, media):
+    with pytest.raises(gr.Error, match="No face was found in noface.mp4") as err:
+        handlers.preprocess_speaker(cfg, session, str(media["noface.mp4"]), "")
+    assert str(cfg.root) not in err.value.message
+    assert [sid for _, sid in jobs.list_speakers(cfg, session)] == [jobs.EXAMPLE_ID]
+
+
+def test_wrong_type_and_missing_upload_in_the_handler(cfg, session, media):
+    with pytest.raises(gr.Error, match="notes.mp4 is not a readable video file"):
+        handlers.preprocess_speaker(cfg, session, str(media["notes.mp4"]), "")
+    with pytest.raises(gr.Error, match="no video was given"):
+        handlers.preprocess_speaker(cfg, session, None, "")
+
+
+def test_missing_model_and_missing_speaker(cfg, session, grid_session):
+    with pytest.raises(gr.Error, match="no speaker is selected"):
+        handlers.synthesize_speech(cfg, session, None, "text", None, "Hello.", "training", None)
+    with pytest.raises(gr.Error, match="has no trained model yet"):
+        handlers.synthesize_speech(cfg, grid_session, None, "text", None, "Hello.", "training", None)
+    with pytest.raises(gr.Error, match="has no trained model yet"):
+        compare.run_comparison(cfg, grid_session, None, ["frozen"], "self", None, None, None, "tiny")
+
+
+def test_sessions_do_not_see_each_others_speakers(cfg, session, grid_session):
+    sid = grid_session["speaker"]
+    assert sid in [s for _, s in jobs.list_speakers(cfg, grid_session)]
+    assert sid not in [s for _, s in jobs.list_speakers(cfg, session)]
+    with pytest.raises(LipsyncError, match="not in this session"):
+        jobs.get_speaker(cfg, session, sid)
+    with pytest.raises(LipsyncError, match="not in this session"):
+        jobs.get_speaker(cfg, session, "../" + grid_session["token"])
+
+
+def test_unexpected_errors_are_one_sentence(cfg, session):
+    @handlers.user_errors
+    def broken(cfg, session):
+        raise KeyError(str(cfg.root / "sessions" / "x" / "secret.npy"))
+
+    with pytest.raises(gr.Error) as err:
+        broken(cfg, session)
+    assert "Something went wrong unexpectedly" in err.value.message
+    assert str(cfg.root) not in err.value.message and "secret.npy" in err.value.message
+
+
+# ---------------------------------------------------------------------------------------------
+# handlers: the main paths
+
+def test_preprocess_shows_what_happened(cfg, grid_session):
+    summary, *images = handlers.select_speaker(cfg, grid_session, grid_session["speaker"], "quick")[2:8]
+    assert "Grid upload" in summary and "usable" in summary
+    assert "only 3 s of usable frames" in summary  # the manifest's warnings are listed
+    assert all(Path(p).is_file() for p in images)  # mesh, atlas before/after, pose, lighting
+
+
+def test_train_cancel_and_resume(cfg, grid_session):
+    speaker = jobs.get_speaker(cfg, grid_session, grid_session["speaker"])
+    folder = jobs.model_dir(speaker, "tiny")
+    job = jobs.start_training(speaker.prepared, folder, "tiny")
+    job.cancel.set()
+    assert job.done.wait(120)
+    assert job.cancelled and job.error is None
+    assert jobs.model_state(folder) == "stopped"
+    updates = list(handlers.train_speaker(cfg, grid_session, "tiny"))
+    curve, status, models = updates[-1]
+    assert jobs.training_job(folder).resumed
+    assert jobs.model_state(folder) == "finished"
+    assert "Finished" in status and {"train geometry", "validation texture"} <= set(curve["series"])
+    assert models.choices[0][1] == "tiny"
+
+
+def test_example_then_cached_second_visit(cfg, session):
+    out = handlers.run_example(cfg, session, "Place blue at F two now.")
+    new_session, video, mesh, files, status = out[0], out[3], out[4], out[5], out[6]
+    assert new_session["speaker"] == jobs.EXAMPLE_ID
+    assert Path(video).stat().st_size > 0 and Path(mesh).suffix == ".glb"
+    assert [Path(f).suffix for f in files] == [".mp4", ".glb", ".csv"]
+    assert "frames" in status
+    t0 = time.perf_counter()
+    again = handlers.start(cfg, new_session["token"])
+    assert time.perf_counter() - t0 < CACHED_EXAMPLE_S
+    assert again[0]["token"] == new_session["token"] and again[4] == video
+
+
+def test_drive_with_text_and_a_photo(cfg, grid_session, media):
+    speaker = jobs.get_speaker(cfg, grid_session, grid_session["speaker"])
+    if jobs.model_state(jobs.model_dir(speaker, "tiny")) != "finished":
+        list(handlers.train_speaker(cfg, grid_session, "tiny"))
+    video, mesh, files, status = handlers.synthesize_speech(cfg, grid_session, "tiny", "text", None,
+                                                            "Bin blue at A one.", "upload", str(media["photo.png"]))
+    assert Path(video).stat().st_size > 0 and "still image" in status
+    with pytest.raises(gr.Error, match="the limit here is 60 s"):
+        handlers.synthesize_speech(cfg, grid_session, "tiny", "audio", str(media["long.wav"]), None,
+                                   "training", None)
+
+
+def test_compare_with_a_baseline_and_metrics(cfg, grid_session):
+    speaker = jobs.get_speaker(cfg, grid_session, grid_session["speaker"])
+    if jobs.model_state(jobs.model_dir(speaker, "tiny")) != "finished":
+        list(handlers.train_speaker(cfg, grid_session, "tiny"))
+    with pytest.raises(gr.Error, match="no video was uploaded"):
+        compare.run_comparison(cfg, grid_session, "tiny", ["external"], "self", None, None, None, "tiny")
+    grid, table, notes, files = compare.run_comparison(cfg, grid_session, "tiny", ["frozen"], "self", None, None,
+                                                       None, "tiny")
+    assert Path(grid).stat().st_size > 0
+    assert list(table["method"]) == [compare.THIS_MODEL, "frozen"]
+    assert any(c.startswith("psnr") for c in table.columns)
+    assert "self-reenactment" in notes
