@@ -34,7 +34,7 @@ BASELINES = {  # name -> label on the page
 DEFAULT_BASELINES = ["ground_truth", "frozen", "personalized_2d"]
 
 
-def test_clip(speaker: jobs.Speaker, cache: Path, progress):
+def comparison_clip(speaker: jobs.Speaker, cache: Path, progress):
     """(training prepared clip with the raw atlas, the test clip), both cached."""
     from eval.core import content_key
     from eval.protocol import clip_from, prepare_cached, write_segment
@@ -139,7 +139,7 @@ def run_comparison(cfg: DemoConfig, session: dict, preset: str | None, baselines
     run = jobs.new_run_dir(cfg, session, "compare")
     device = resolve_device(cfg.device)
     try:
-        train_prepared, clip = test_clip(speaker, cache, progress)
+        train_prepared, clip = comparison_clip(speaker, cache, progress)
         wav = _driving_audio(cfg, clip, audio_mode, audio, text, run)
         videos: dict[str, Path] = {}
         progress(None, desc=f"{THIS_MODEL}: synthesize")
