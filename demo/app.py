@@ -83,8 +83,7 @@ def build_app(cfg: DemoConfig | None = None) -> gr.Blocks:
                     train_btn = gr.Button("Train", variant="primary", elem_id="train")
                     cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel")
                 train_status = gr.HTML(elem_id="train-status")
-                curve = gr.LinePlot(x="step", y="loss", color="series", label="Loss", height=320,
-                                    x_title="step", y_title="L1 loss")
+                curve = gr.Plot(label="Loss", elem_id="loss-curve")
 
             with gr.Tab("Drive it", id="drive", elem_id="tab-drive"):
                 with gr.Row():

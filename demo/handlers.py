@@ -29,6 +29,7 @@ log = logging.getLogger("demo")
 PREVIEWS = ("mesh", "atlas_raw", "atlas_normalized", "pose", "lighting")
 LOSS_POINTS = 400   # points per curve in the live loss plot
 LOSS_SMOOTH = 25    # steps in the running mean of the per-step training losses
+CURVE_EVERY_S = 10  # seconds between redraws of the live loss curve
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,6 +292,35 @@ def loss_frame(job: jobs.TrainJob | None, folder: Path):
     return pd.DataFrame(rows, columns=["step", "loss", "series"]).astype({"step": "int64", "loss": "float64", "series": "str"})
 
 
+def loss_plot(job: jobs.TrainJob | None, folder: Path):
+    """The loss curves of ``loss_frame`` as a matplotlib figure (log scale) for ``gr.Plot``.
+
+    A static image: Gradio's LinePlot, updated while its event is still running, showed only its
+    axes in Chromium until the run ended."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    df = loss_frame(job, folder)
+    fig = Figure(figsize=(9, 3.2), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    styles = {"train geometry": ("#1f77b4", "-"), "train texture": ("#d62728", "-"),
+              "validation geometry": ("#1f77b4", "--"), "validation texture": ("#d62728", "--")}
+    for label, part in df.groupby("series", sort=False):
+        color, ls = styles.get(label, (None, "-"))
+        ax.plot(part["step"], part["loss"], ls, color=color, label=label, marker="o" if ls == "--" else None, ms=3)
+    if len(df):
+        ax.set_yscale("log")
+        ax.legend(fontsize=8, ncol=2)
+    else:
+        ax.text(0.5, 0.5, "no training yet", ha="center", va="center", transform=ax.transAxes, color="grey")
+    ax.set_xlabel("step")
+    ax.set_ylabel("L1 loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def _clock(seconds: float | None) -> str:
     if seconds is None:
         return "?"
@@ -324,21 +354,21 @@ def training_view(cfg: DemoConfig, session: dict, preset: str):
     folder = jobs.model_dir(speaker, preset)
     job = jobs.training_job(folder)
     if job is not None and (not job.done.is_set() or job.error or job.cancelled):
-        return loss_frame(job, folder), _job_status(job)
+        return loss_plot(job, folder), _job_status(job)
     state = jobs.model_state(folder)
     if state == "finished":
         info = json.loads((folder / "training.json").read_text())
-        return loss_frame(None, folder), (f"<p>Trained: {info['steps']} steps in {_clock(info['seconds'])}; "
+        return loss_plot(None, folder), (f"<p>Trained: {info['steps']} steps in {_clock(info['seconds'])}; "
                                           f"validation loss {info.get('val_loss') or float('nan'):.4f}.</p>")
     if state == "stopped":
         import torch
 
         ckpt = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=False)
         total = ckpt["options"]["steps"]
-        return loss_frame(None, folder), _bar(ckpt["step"], total) + "<p>Stopped; <b>Train</b> resumes from the checkpoint.</p>"
+        return loss_plot(None, folder), _bar(ckpt["step"], total) + "<p>Stopped; <b>Train</b> resumes from the checkpoint.</p>"
     if not speaker.is_prepared():
-        return loss_frame(None, folder), "<p>Preprocess this speaker first (tab <b>Your speaker</b>).</p>"
-    return loss_frame(None, folder), "<p>Not trained with this preset yet.</p>"
+        return loss_plot(None, folder), "<p>Preprocess this speaker first (tab <b>Your speaker</b>).</p>"
+    return loss_plot(None, folder), "<p>Not trained with this preset yet.</p>"
 
 
 @user_errors
@@ -351,7 +381,7 @@ def select_current(cfg: DemoConfig, session: dict, preset: str | None):
 def refresh_training(cfg: DemoConfig, session: dict | None, preset: str | None):
     """``training_view`` for the selected speaker, or an empty view when there is none."""
     if not session or not session.get("speaker"):
-        return loss_frame(None, cfg.root / "none"), "<p>Run the example or add a speaker first.</p>"
+        return loss_plot(None, cfg.root / "none"), "<p>Run the example or add a speaker first.</p>"
     return training_view(cfg, session, preset or "quick")
 
 
@@ -368,11 +398,17 @@ def train_speaker(cfg: DemoConfig, session: dict, preset: str):
         yield curve, status + "<p>Already trained with this preset.</p>", model_choices(cfg, session)
         return
     job = jobs.start_training(speaker.prepared, folder, preset, cfg.device)
+    drawn = 0.0
     while not job.done.wait(1.0):
-        yield loss_frame(job, folder), _job_status(job), gr.skip()
+        # the status every second; the curve (an image) every CURVE_EVERY_S
+        now = time.monotonic()
+        curve = gr.skip()
+        if now - drawn >= CURVE_EVERY_S:
+            curve, drawn = loss_plot(job, folder), now
+        yield curve, _job_status(job), gr.skip()
     if job.error:
         raise LipsyncError(job.error)
-    yield loss_frame(job, folder), _job_status(job), model_choices(cfg, session)
+    yield loss_plot(job, folder), _job_status(job), model_choices(cfg, session)
 
 
 @user_errors

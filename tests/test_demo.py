@@ -188,7 +188,10 @@ def test_train_cancel_and_resume(cfg, grid_session):
     curve, status, models = updates[-1]
     assert jobs.training_job(folder).resumed
     assert jobs.model_state(folder) == "finished"
-    assert "Finished" in status and {"train geometry", "validation texture"} <= set(curve["series"])
+    assert "Finished" in status
+    assert {"train geometry", "validation texture"} <= {line.get_label() for line in curve.axes[0].lines}
+    assert set(handlers.loss_frame(None, folder)["series"]) == {"train geometry", "train texture",
+                                                                "validation geometry", "validation texture"}
     assert models.choices[0][1] == "tiny"
 
 
