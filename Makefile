@@ -1,7 +1,8 @@
 # Two commands on a fresh Debian machine with Python 3.11:
 #   make demo   set everything up, then run the main job
 #   make test   set everything up, then run the test suite
-# Both install what they need: Debian packages (ffmpeg, espeak-ng, Mesa EGL) when missing, the
+# Both install what they need: Debian packages (ffmpeg, espeak-ng, Mesa EGL, Chromium and PostgreSQL
+# for the browser and database tests) when missing, the
 # virtual environment in .venv, and the project with its Python dependencies.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -10,7 +11,7 @@ BIN := $(VENV)/bin
 # The venv is rebuilt whenever the dependency declaration changes.
 DEPS_HASH := $(shell cat pyproject.toml | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
-APT_PACKAGES := ffmpeg espeak-ng libegl1 libgl1-mesa-dri libegl-mesa0 chromium
+APT_PACKAGES := ffmpeg espeak-ng libegl1 libgl1-mesa-dri libegl-mesa0 chromium postgresql
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 PYTEST_ARGS ?=
 

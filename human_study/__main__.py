@@ -1,0 +1,172 @@
+"""``python -m human_study create|serve|analyze|export|loadtest``: see each command's --help."""
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from lipsync.common import LipsyncError, setup_cache_env
+
+
+def _read_secret(path: str | None, study_file: Path) -> tuple[str, Path]:
+    from .study import StudyError
+
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise StudyError(f"The admin secret file {p} does not exist.")
+        secret = p.read_text(encoding="utf-8").strip()
+        if len(secret) < 16 or any(c.isspace() for c in secret):
+            raise StudyError(f"The admin secret in {p} must be at least 16 characters without spaces.")
+        return secret, p
+    p = study_file.resolve().parent / "admin_secret.txt"
+    if p.is_file():
+        return _read_secret(str(p), study_file)
+    secret = secrets.token_urlsafe(24)
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return secret, p
+
+
+def cmd_create(args) -> None:
+    from .create import create_study
+
+    out = create_study(args.results, args.out, methods=args.methods, reference=args.reference, pairs=args.pairs,
+                       questions=args.questions, trials_per_rater=args.trials_per_rater,
+                       practice_trials=args.practice, attention=args.attention,
+                       attention_shift_s=args.attention_shift, title=args.title, seed=args.seed)
+    from .study import load_study
+
+    study = load_study(out)
+    print(f"wrote {out}: {len(study.clips)} clips, methods {', '.join(study.methods)}, "
+          f"{len(study.item_universe())} distinct trials, {study.trials_per_rater} per rater")
+    print(f"serve it with: python -m human_study serve --study {out}")
+
+
+def cmd_serve(args) -> None:
+    import uvicorn
+
+    from .db import default_db_url, open_database
+    from .server import build_app
+    from .study import load_study
+
+    study = load_study(args.study)
+    url = args.db or default_db_url(args.study)
+    engine = open_database(url, study)
+    secret, secret_file = _read_secret(args.admin_secret_file, Path(args.study))
+    app = build_app(study, engine, secret)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"study {study.title!r}: {len(study.item_universe())} distinct trials, {study.trials_per_rater} per rater")
+    print(f"database: {engine.url.render_as_string(hide_password=True)}")
+    print(f"raters:   http://{host}:{args.port}/" + ("" if study.open_enrollment else " (invitation only)"))
+    print(f"admin:    http://{host}:{args.port}/admin (the secret is in {secret_file})", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+                timeout_graceful_shutdown=5)
+
+
+def cmd_analyze(args) -> None:
+    from .analysis import analyze_ratings
+    from .db import open_database, ratings_frame
+
+    engine = open_database(args.db)
+    df = ratings_frame(engine)
+    summary = analyze_ratings(df, Path(args.out), exclude_flagged=args.exclude_flagged,
+                              max_attention_failures=args.max_attention_failures, seed=args.seed)
+    print(f"analysed {summary.get('n_ratings')} ratings of {summary.get('n_raters')} raters "
+          f"({summary.get('n_flagged')} flagged{', excluded' if args.exclude_flagged else ', kept'}): {args.out}/report.md")
+
+
+def cmd_export(args) -> None:
+    from .db import open_database, ratings_frame
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".csv", ".parquet"):
+        raise LipsyncError(f"The export file must end in .csv or .parquet, not {out.suffix or 'nothing'}.")
+    df = ratings_frame(open_database(args.db))
+    tmp = out.with_name(f".{out.name}.tmp")
+    if out.suffix.lower() == ".csv":
+        df.to_csv(tmp, index=False)
+    else:
+        df.to_parquet(tmp, index=False)
+    os.replace(tmp, out)
+    print(f"wrote {len(df)} ratings to {out}")
+
+
+def cmd_loadtest(args) -> None:
+    import json
+
+    from .loadtest import run_load
+
+    report = run_load(args.url, raters=args.raters, trials=args.trials, concurrency=args.concurrency,
+                      admin_secret=Path(args.admin_secret_file).read_text().strip() if args.admin_secret_file else None,
+                      timeout_s=args.timeout)
+    print(json.dumps(report.summary(), indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_cache_env()
+    p = argparse.ArgumentParser(prog="python -m human_study", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("create", help="make a study folder from an eval.run results folder")
+    c.add_argument("--from", dest="results", required=True, help="the eval.run --out folder")
+    c.add_argument("--out", required=True, help="the study file to write, e.g. study/study.yaml (media/ goes beside it)")
+    c.add_argument("--methods", nargs="+", help="methods to compare (default: every non-ablation method in the results)")
+    c.add_argument("--reference", default="lipsync3d", help="with --pairs reference: the method compared with each other")
+    c.add_argument("--pairs", default="reference", choices=["reference", "all"])
+    c.add_argument("--questions", nargs="+", help="ab_realism ab_lipsync ab_quality mos_realism mos_lipsync mos_quality (default: all)")
+    c.add_argument("--trials-per-rater", type=int, default=20)
+    c.add_argument("--practice", type=int, default=2, help="practice trials before the scored ones")
+    c.add_argument("--attention", type=int, default=2, help="attention checks per rater (0: none)")
+    c.add_argument("--attention-shift", type=float, default=0.5, help="seconds the attention copy's picture lags its sound")
+    c.add_argument("--title")
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(func=cmd_create)
+
+    s = sub.add_parser("serve", help="host the rater app and the admin pages")
+    s.add_argument("--study", required=True)
+    s.add_argument("--db", help="database URL (default: sqlite:///STUDY_DIR/ratings.db; postgresql://... needs the [postgres] extra)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=7870)
+    s.add_argument("--admin-secret-file", help="file holding the admin secret (default: STUDY_DIR/admin_secret.txt, made if missing)")
+    s.add_argument("--log-level", default="warning")
+    s.set_defaults(func=cmd_serve)
+
+    a = sub.add_parser("analyze", help="preference rates, MOS, Bradley-Terry, agreement, attention")
+    a.add_argument("--db", required=True, help="database URL, e.g. sqlite:///study/ratings.db")
+    a.add_argument("--out", required=True)
+    a.add_argument("--exclude-flagged", action="store_true", help="leave out raters who failed attention checks")
+    a.add_argument("--max-attention-failures", type=int, default=0)
+    a.add_argument("--seed", type=int, default=0)
+    a.set_defaults(func=cmd_analyze)
+
+    e = sub.add_parser("export", help="every rating as CSV or Parquet")
+    e.add_argument("--db", required=True)
+    e.add_argument("--out", required=True, help="ratings.csv or ratings.parquet")
+    e.set_defaults(func=cmd_export)
+
+    lt = sub.add_parser("loadtest", help="simulated raters against a running server (loopback only)")
+    lt.add_argument("--url", default="http://127.0.0.1:7870")
+    lt.add_argument("--raters", type=int, default=50)
+    lt.add_argument("--trials", type=int, default=20, help="answers per rater (at most the study's trials)")
+    lt.add_argument("--concurrency", type=int, default=50)
+    lt.add_argument("--timeout", type=float, default=300)
+    lt.add_argument("--admin-secret-file")
+    lt.set_defaults(func=cmd_loadtest)
+
+    args = p.parse_args(argv)
+    try:
+        args.func(args)
+    except LipsyncError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
