@@ -383,6 +383,12 @@ def test_admin_login_progress_invites_and_exports(client):
     pq = pd.read_parquet(io.BytesIO(client.get("/admin/export.parquet").content))
     assert len(csv) == len(pq) == 5 and (csv["rater_label"] == "lab-A").all()
     assert list(csv["rating_id"]) == list(pq["rating_id"])
+    import zipfile
+
+    z = client.get("/admin/analysis.zip")
+    assert z.status_code == 200
+    names = zipfile.ZipFile(io.BytesIO(z.content)).namelist()
+    assert {"report.md", "preferences.csv", "mos.csv", "attention.csv"} <= set(names)
     client.post("/admin/logout")
     client.cookies.clear()
     assert client.get("/admin/api/progress").status_code == 401
