@@ -148,6 +148,16 @@ def _print_preprocess(r: dict) -> None:
     _print_memory(r)
 
 
+def _print_study(r: dict) -> None:
+    load, db = r["load"], r["database"]
+    lat = load["submit_latency_ms"]
+    print(f"study server ({r['db']}): {load['raters']} raters x {r['answers_per_rater']} answers concurrently "
+          f"in {load['wall_s']} s ({load['ratings_per_s']} ratings/s)")
+    print(f"  submit latency ms: p50 {lat['p50']}  p95 {lat['p95']}  max {lat['max']}")
+    print(f"  acknowledged {db['acknowledged']}, stored {db['stored']}, missing {db['missing']}, "
+          f"duplicated {db['duplicated']}, double clicks de-duplicated {load['double_clicks']}, errors {load['errors']}")
+
+
 def main(argv=None) -> int:
     from lipsync.common import LipsyncError, setup_cache_env
 
@@ -176,6 +186,13 @@ def main(argv=None) -> int:
     p.add_argument("--target", default=None)
     p.add_argument("--renderer", default="auto", choices=["auto", "gl", "nvdiffrast", "reference"])
     p.add_argument("--json", help="also write the results to this JSON file")
+    p = sub.add_parser("study", help="load-test the human-study server: simulated raters answer concurrently",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--study", default=None, help="a study file (default: a synthetic study made with ffmpeg)")
+    p.add_argument("--db", default=None, help="database URL (default: a new SQLite file)")
+    p.add_argument("--raters", type=int, default=50)
+    p.add_argument("--trials-per-rater", type=int, default=20, help="scored trials of the synthetic study")
+    p.add_argument("--json", help="also write the results to this JSON file")
     args = ap.parse_args(argv)
     try:
         if args.what == "preprocess":
@@ -185,9 +202,16 @@ def main(argv=None) -> int:
         elif args.what == "train":
             result = bench_train(args.prepared, preset=args.preset, keep=args.keep, device=args.device)
             _print_train(result)
-        else:
+        elif args.what == "synthesize":
             result = bench_synthesize(args.model, args.audio, target=args.target, renderer=args.renderer)
             _print_synthesize(result)
+        else:
+            from human_study.loadtest import bench_study
+
+            result = bench_study(study=args.study, db_url=args.db, raters=args.raters,
+                                 trials_per_rater=args.trials_per_rater)
+            result["machine"] = _machine()
+            _print_study(result)
     except LipsyncError as err:
         print(f"eval.bench: error: {err}", file=sys.stderr)
         return 2

@@ -71,10 +71,13 @@ def cmd_analyze(args) -> None:
     from .analysis import analyze_ratings
     from .db import open_database, ratings_frame
 
-    engine = open_database(args.db)
+    engine = open_database(args.db, must_exist=True)
     df = ratings_frame(engine)
-    summary = analyze_ratings(df, Path(args.out), exclude_flagged=args.exclude_flagged,
-                              max_attention_failures=args.max_attention_failures, seed=args.seed)
+    try:
+        summary = analyze_ratings(df, Path(args.out), exclude_flagged=args.exclude_flagged,
+                                  max_attention_failures=args.max_attention_failures, seed=args.seed)
+    except ValueError as err:  # no ratings yet, or an output path that is a file
+        raise LipsyncError(str(err)) from None
     print(f"analysed {summary.get('n_ratings')} ratings of {summary.get('n_raters')} raters "
           f"({summary.get('n_flagged')} flagged{', excluded' if args.exclude_flagged else ', kept'}): {args.out}/report.md")
 
@@ -85,7 +88,7 @@ def cmd_export(args) -> None:
     out = Path(args.out)
     if out.suffix.lower() not in (".csv", ".parquet"):
         raise LipsyncError(f"The export file must end in .csv or .parquet, not {out.suffix or 'nothing'}.")
-    df = ratings_frame(open_database(args.db))
+    df = ratings_frame(open_database(args.db, must_exist=True))
     tmp = out.with_name(f".{out.name}.tmp")
     if out.suffix.lower() == ".csv":
         df.to_csv(tmp, index=False)

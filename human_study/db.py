@@ -155,8 +155,11 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def open_database(url: str, study=None) -> Engine:
-    """Open (creating or upgrading) the database; with ``study``, register it or check it matches."""
+def open_database(url: str, study=None, *, must_exist: bool = False) -> Engine:
+    """Open (creating or upgrading) the database; with ``study``, register it or check it matches.
+
+    ``must_exist``: refuse a SQLite file that is not there yet (for export and analysis).
+    """
     from sqlalchemy.exc import OperationalError
     from sqlalchemy.orm import Session
 
@@ -164,6 +167,8 @@ def open_database(url: str, study=None) -> Engine:
         parent = Path(url[len("sqlite:///"):]).parent
         if not parent.is_dir():
             raise StudyError(f"The folder {parent} for the SQLite database does not exist.")
+        if must_exist and not Path(url[len("sqlite:///"):]).is_file():
+            raise StudyError(f"There is no database at {url[len('sqlite:///'):]}; give the --db that serve used.")
     engine = make_engine(url)
     try:
         upgrade(engine)

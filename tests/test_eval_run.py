@@ -140,3 +140,31 @@ def test_tiny_run_reuses_its_work(tiny_run):
     assert doc["methods"]["lipsync3d"]["cached"] is True
     assert all(v["render"]["cached"] for per in doc["per_clip"].values() for v in per.values())
     assert doc["results"] == before["results"]
+
+
+def test_human_study_from_the_results(tiny_run, tmp_path):
+    """A study made from a real eval.run folder serves its videos and collects a full set of answers."""
+    from fastapi.testclient import TestClient
+
+    from human_study.create import create_study
+    from human_study.db import open_database, ratings_frame
+    from human_study.server import build_app
+    from human_study.study import load_study
+
+    out, _ = tiny_run
+    study = load_study(create_study(out, tmp_path / "study" / "study.yaml", trials_per_rater=6, attention=1))
+    assert set(study.methods) == {"ground_truth", "frozen", "lipsync3d"}
+    engine = open_database(f"sqlite:///{tmp_path}/r.db", study)
+    with TestClient(build_app(study, engine, "x" * 20)) as c:
+        token = c.post("/api/join").json()["token"]
+        state = c.get(f"/api/r/{token}/state").json()
+        while state["trial"]:
+            t = state["trial"]
+            for url in t["media"]:
+                assert c.get(url).content[4:8] == b"ftyp"  # an mp4
+            r = c.post(f"/api/r/{token}/rate", json={"trial_id": t["id"], "choice": t["choices"][-1],
+                                                       "submit_id": f"sub-{t['id']:06d}", "response_ms": 10})
+            state = r.json()["state"]
+    df = ratings_frame(engine)
+    assert len(df) == study.practice_trials + 6 + 1 and df["is_attention"].sum() == 1
+    engine.dispose()

@@ -432,3 +432,31 @@ def test_cli_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and ".csv or .parquet" in r.stderr
     r = run("loadtest", "--url", "http://192.0.2.1:7870", "--raters", "1")
     assert r.returncode == 2 and "loopback" in r.stderr
+
+
+def test_cli_export_and_analyze(client, tmp_path):
+    import pandas as pd
+
+    from human_study.__main__ import main
+
+    for _ in range(3):
+        token = _join(client)
+        state = client.get(f"/api/r/{token}/state").json()
+        while state["trial"] is not None:
+            r, _ = _answer(client, token, state, choice=random.Random(state["trial"]["id"]).choice(state["trial"]["choices"]))
+            state = r.json()["state"]
+    db = str(client.engine.url)
+    assert main(["export", "--db", db, "--out", str(tmp_path / "r.csv")]) == 0
+    assert main(["export", "--db", db, "--out", str(tmp_path / "r.parquet")]) == 0
+    assert len(pd.read_csv(tmp_path / "r.csv")) == len(pd.read_parquet(tmp_path / "r.parquet")) == 3 * 16
+    assert main(["analyze", "--db", db, "--out", str(tmp_path / "an"), "--exclude-flagged"]) == 0
+    for name in ("report.md", "preferences.csv", "preferences.md", "mos.csv", "bradley_terry.csv", "agreement.csv",
+                 "attention.csv", "preferences.png", "mos.png", "bradley_terry.png"):
+        assert (tmp_path / "an" / name).stat().st_size > 0, name
+    assert main(["analyze", "--db", f"sqlite:///{tmp_path}/none.db", "--out", str(tmp_path / "an2")]) == 2
+    assert not (tmp_path / "none.db").exists()
+    from human_study.db import open_database
+
+    open_database(f"sqlite:///{tmp_path}/empty.db").dispose()
+    assert main(["analyze", "--db", f"sqlite:///{tmp_path}/empty.db", "--out", str(tmp_path / "an2")]) == 2
+    assert not (tmp_path / "an2").exists()
