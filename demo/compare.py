@@ -56,6 +56,25 @@ def comparison_clip(speaker: jobs.Speaker, cache: Path, progress):
     return train_prepared, clip_from("test_clip", video, prepare_cached(video, cache, sync_audio=False, progress=report))
 
 
+def _val_fraction() -> float:
+    from lipsync.training import TrainOptions
+
+    return TrainOptions().val_fraction
+
+
+def _seen_in_training(clip, speaker: jobs.Speaker) -> float:
+    """Seconds of the test clip (the end of the training video) that training also used."""
+    from lipsync.prepared import open_prepared
+
+    if not speaker.is_prepared():
+        return 0.0
+    full = open_prepared(speaker.prepared)
+    n, fps = full.num_frames, full.fps
+    train_end = int(round(n * (1 - _val_fraction())))
+    test_start = n - int(round(TEST_SECONDS * fps))
+    return max(0, train_end - test_start) / fps
+
+
 def _driving_audio(cfg: DemoConfig, clip, mode: str, audio, text, run: Path) -> Path:
     """A 16 kHz mono wav: the test clip's own audio, or the visitor's speech."""
     from lipsync.media import load_audio, write_wav
@@ -185,6 +204,12 @@ def run_comparison(cfg: DemoConfig, session: dict, preset: str | None, baselines
     same = clip.video == speaker.video
     where = ("the whole training video (it is short), so the numbers show how well each method fits footage it "
              "trained on" if same else f"the last {TEST_SECONDS:g} s of the training video")
+    if not same:
+        seen_s = _seen_in_training(clip, speaker)
+        if seen_s > 0:
+            where += (f"; {seen_s:.1f} s of it were also in the training part (training holds out only the last "
+                      f"{100 * _val_fraction():.0f}% of the video), so the numbers partly show how well each method "
+                      "fits footage it trained on. `python -m eval.run` measures on footage held out from training")
     head = [f"Test clip: {where}. Baselines trained with the **{baseline_preset}** preset; this model: "
             f"**{jobs.PRESET_LABELS.get(Path(folder).name.split('-')[0], preset)}**."]
     if audio_mode == "self":

@@ -232,3 +232,17 @@ def test_compare_with_a_baseline_and_metrics(cfg, grid_session):
     assert list(table["method"]) == [compare.THIS_MODEL, "frozen"]
     assert any(c.startswith("psnr") for c in table.columns)
     assert "self-reenactment" in notes
+
+
+def test_comparison_says_how_much_of_its_test_clip_training_saw(monkeypatch, tmp_path):
+    """The test clip is the end of the training video; training holds out only its last 10%."""
+    import types
+
+    import lipsync.prepared
+    from demo import compare
+
+    speaker = types.SimpleNamespace(is_prepared=lambda: True, prepared=tmp_path)
+    for seconds, seen in ((20, 6.0), (80, 0.0), (100, 0.0), (40, 4.0)):
+        fake = types.SimpleNamespace(num_frames=25 * seconds, fps=25.0)
+        monkeypatch.setattr(lipsync.prepared, "open_prepared", lambda _p, f=fake: f)
+        assert compare._seen_in_training(None, speaker) == pytest.approx(seen), seconds
