@@ -114,12 +114,27 @@ def _assert_blind(page) -> None:
             assert m not in s.lower(), f"the video URL {s!r} names the method {m!r}"
 
 
+SYNC_TOL_S = 0.2   # seconds: the largest gap between the two videos' clocks while they play
+
+
 def _play_until_answerable(page, click) -> None:
     """Press Play and wait for the first video to end, which enables the answer buttons."""
     buttons = page.locator("#answers button")
     assert buttons.count() >= 2
     for i in range(buttons.count()):
         assert buttons.nth(i).is_disabled(), "answers must wait until the video was watched"
+    # sample how far apart the two videos' clocks are while they play (one sound track: A's)
+    page.evaluate("""() => {
+        const vs = [...document.querySelectorAll('video.stimulus')];
+        window.__sync = {max: 0, n: 0, muted: vs.map(v => v.muted)};
+        clearInterval(window.__syncTimer);
+        if (vs.length === 2) window.__syncTimer = setInterval(() => {
+            if (!vs[0].paused && !vs[0].ended && !vs[1].ended) {
+                window.__sync.max = Math.max(window.__sync.max, Math.abs(vs[0].currentTime - vs[1].currentTime));
+                window.__sync.n += 1;
+            }
+        }, 40);
+    }""")
     click(page.locator("#play"))
     try:
         page.wait_for_function(
@@ -128,6 +143,11 @@ def _play_until_answerable(page, click) -> None:
     except playwright_api.TimeoutError:
         pytest.fail(f"the answers did not enable after Play; page error: {page.inner_text('#error')!r}")
     assert page.inner_text("#error") == ""
+    sync = page.evaluate("() => window.__sync")
+    if len(sync["muted"]) == 2:
+        assert sync["muted"] == [False, True], "exactly one sound track (video A's) must play"
+        assert sync["n"] > 5, "the videos were not seen playing together"
+        assert sync["max"] < SYNC_TOL_S, f"the two videos drifted {sync['max']:.3f} s apart"
 
 
 def _pick(trial_kind: str, choices: list[str], k: int) -> str:
