@@ -233,7 +233,10 @@ def plot_data(lazy: LazySample) -> dict:
 
 def _render_cached(method, clip: TestClip, audio: Path, out: Path, fit_info: dict) -> dict:
     """Render one video unless an identical one exists (same method state, clip and audio)."""
-    key = content_key(method.name, fit_info.get("model"), Path(clip.video), Path(audio), RESULTS_VERSION)
+    from lipsync.synthesis import RENDER_VERSION
+
+    key = content_key(method.name, fit_info.get("model"), Path(clip.video), Path(audio), RESULTS_VERSION,
+                      RENDER_VERSION)
     meta = out.with_suffix(".json")
     if out.is_file() and meta.is_file():
         d = json.loads(meta.read_text())

@@ -369,13 +369,25 @@ def frame_schedule(count: int, target, mode: str = "usable") -> np.ndarray:
     return usable[ping_pong(count, len(usable))]
 
 
+TEXTURE_UPSAMPLE = 2  # atlas enlargement before rendering (see composite_video)
+# Bumped whenever rendering or blending changes what a video looks like, so that caches of
+# rendered videos (eval.run's) are not reused across such a change.
+RENDER_VERSION = 2
+
+
 def composite_video(speaker, target: Target, verts: np.ndarray, texture_at: Callable[[int], np.ndarray], out: Path,
                     wav: Path, *, schedule: str = "usable", renderer: str = "auto", relight: bool = True,
-                    workdir: Path, crf: int = 18, progress: Progress | None = None) -> dict:
+                    workdir: Path, crf: int = 18, progress: Progress | None = None,
+                    texture_upsample: int = TEXTURE_UPSAMPLE) -> dict:
     """Render the face ``verts`` (T,V,3, canonical units of ``speaker``) with the atlas
     ``texture_at(i)`` (float32 (S,S,4), 0..255, alpha = blend weight) into the target's frames,
     re-applying each target frame's head pose and (``relight``) lighting, and encode ``out`` with
-    the audio ``wav``. Returns timings and the renderer used."""
+    the audio ``wav``. Returns timings and the renderer used.
+
+    ``texture_upsample``: the atlas is enlarged this many times (bicubic) before rendering, so the
+    renderers' bilinear lookup does not blur the mouth a second time (1: render the atlas as is)."""
+    import cv2
+
     from .lighting import log_field
     from .pose import apply_similarity
     from .render import make_renderer
@@ -395,7 +407,8 @@ def composite_video(speaker, target: Target, verts: np.ndarray, texture_at: Call
     timings = {"decode": time.perf_counter() - t0}
     size = speaker.reference_atlas.shape[0]
     h, w = target.height, target.width
-    rend = make_renderer(renderer, h, w, speaker.faces, speaker.uv, size, channels=4)
+    up = max(1, int(texture_upsample))
+    rend = make_renderer(renderer, h, w, speaker.faces, speaker.uv, size * up, channels=4)
     writer = VideoWriter(out, w, h, target.fps, wav, crf=crf)
     t_render = t_blend = t_write = 0.0
     try:
@@ -410,6 +423,8 @@ def composite_video(speaker, target: Target, verts: np.ndarray, texture_at: Call
             g = target.gains[k]
             if relight and np.isfinite(g).all():
                 tex[..., :3] = np.clip(tex[..., :3] * np.exp(log_field(g, target.terms, size)), 0, 255)
+            if up > 1:
+                tex = np.clip(cv2.resize(tex, (size * up, size * up), interpolation=cv2.INTER_CUBIC), 0, 255)
             pts = apply_similarity(verts[i][None], target.pose_scale[k][None], target.pose_rotation[k][None],
                                    target.pose_translation[k][None])[0]
             img, cover = rend.render(pts, tex)

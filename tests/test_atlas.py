@@ -13,6 +13,7 @@ SIZE = 256
 MEDIAN_TOL = 1.0   # grey levels: median |extracted - true texture| over valid texels
 P95_TOL = 3.0      # grey levels: 95th percentile (edges of occluding parts such as the nose remain)
 DETAIL_KEPT = 0.65  # Laplacian-variance ratio, extracted atlas over the true texture (see the test)
+UPSAMPLE_GAIN = 1.2  # detail of the face rendered from the enlarged atlas over the plain one (see the test)
 
 
 def known_texture(size: int) -> np.ndarray:
@@ -105,3 +106,28 @@ def test_extraction_keeps_fine_detail(face_model, sampler):
 
     ratio = detail(atlas) / detail(noise)
     assert ratio > DETAIL_KEPT, ratio
+
+
+def test_upsampled_texture_renders_sharper(face_model):
+    """Synthesis enlarges the atlas bicubically before the renderer's bilinear lookup
+    (``TEXTURE_UPSAMPLE``): at about a texel per pixel this keeps detail that plain bilinear
+    rendering blurs. Here it keeps 1.3x the detail energy of rendering the atlas as is."""
+    import cv2
+
+    from lipsync.synthesis import TEXTURE_UPSAMPLE
+
+    assert TEXTURE_UPSAMPLE >= 2
+    rng = np.random.default_rng(1)
+    noise = np.clip(cv2.GaussianBlur(rng.normal(0, 40, (SIZE, SIZE, 3)), (0, 0), 1.0) + 128, 0, 255)
+    pts, _ = posed(face_model["vertices"], 0, 200, 128)
+    faces, uv = face_model["topo"].faces, face_model["uv"]
+    plain, cover = render(pts, faces, uv, noise, 256, 256)
+    big = cv2.resize(noise, (SIZE * TEXTURE_UPSAMPLE,) * 2, interpolation=cv2.INTER_CUBIC)
+    sharp, _ = render(pts, faces, uv, big, 256, 256)
+    inner = cv2.erode(np.asarray(cover, np.uint8), np.ones((9, 9), np.uint8)) > 0
+
+    def detail(x):
+        return cv2.Laplacian(np.asarray(x, np.float64).mean(-1), cv2.CV_64F)[inner].var()
+
+    gain = detail(sharp) / detail(plain)
+    assert gain > UPSAMPLE_GAIN, gain
