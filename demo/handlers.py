@@ -139,10 +139,11 @@ def _ensure_prepared(speaker: jobs.Speaker, progress, label: str = "", shown: st
 
 def _example_output_dir(cfg: DemoConfig, text: str) -> Path:
     from eval.core import content_key
+    from lipsync.synthesis import RENDER_VERSION
 
     speaker = jobs.example_speaker(cfg)
     model = jobs.model_dir(speaker, cfg.example_preset)
-    return speaker.folder / "outputs" / content_key(model.name, text)
+    return speaker.folder / "outputs" / content_key(model.name, text, RENDER_VERSION)
 
 
 def _result_files(folder: Path) -> tuple[str, str, list[str]]:
