@@ -185,3 +185,32 @@ def test_video_writer_finishes_or_leaves_nothing(tmp_path):
             writer.write(frame)
             raise RuntimeError("the producer failed")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav", "ok.mp4"]
+
+
+def test_the_atlas_is_rendered_enlarged(model, speech, tmp_path, monkeypatch):
+    """Synthesis hands the renderer the atlas enlarged TEXTURE_UPSAMPLE times (bicubic), so the
+    renderer's bilinear lookup does not soften the mouth (see tests/test_atlas.py for the gain)."""
+    import lipsync.render as render_mod
+    from lipsync.synthesis import TEXTURE_UPSAMPLE
+
+    seen = {"sizes": set(), "textures": set()}
+    real = render_mod.make_renderer
+
+    def spy(name, h, w, faces, uv, size, **kw):
+        seen["sizes"].add(size)
+        rend = real(name, h, w, faces, uv, size, **kw)
+        inner = rend.render
+
+        def render(pts, tex):
+            seen["textures"].add(tex.shape[:2])
+            return inner(pts, tex)
+
+        rend.render = render
+        return rend
+
+    assert TEXTURE_UPSAMPLE >= 2
+    monkeypatch.setattr(render_mod, "make_renderer", spy)
+    model.synthesize(out=tmp_path / "up.mp4", audio=speech, renderer="gl")
+    atlas = model.speaker.reference_atlas.shape[0]
+    assert seen["sizes"] == {atlas * TEXTURE_UPSAMPLE}
+    assert seen["textures"] == {(atlas * TEXTURE_UPSAMPLE,) * 2}
