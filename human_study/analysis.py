@@ -724,6 +724,30 @@ def _intervals(ax, pos: np.ndarray, lo: np.ndarray, hi: np.ndarray, *, horizonta
         ax.hlines(np.concatenate([lo, hi]), np.tile(pos, 2) - 0.12, np.tile(pos, 2) + 0.12, **style)
 
 
+def _bar_panels(table: pd.DataFrame, path: Path, *, value: str, lo: str, hi: str, labels, colors, ref: float,
+                row_height: float, width: float, xlabel: str, xlim=None) -> None:
+    """Horizontal bars of ``table[value]`` with [lo, hi] whiskers and a line at ``ref``, one panel
+    per question; ``labels(g)`` and ``colors(g)`` give each bar's label and colour in a panel."""
+    groups = list(table.groupby("question_id", sort=True))
+    heights = [0.9 + row_height * len(g) for _, g in groups]
+    fig = _new_figure(width, sum(heights) + 0.4)
+    axes = fig.subplots(len(groups), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
+    for ax, (qid, g) in zip(axes, groups):
+        y = np.arange(len(g))[::-1]
+        ax.barh(y, np.nan_to_num(g[value].to_numpy(float)), color=colors(g), height=0.6)
+        _intervals(ax, y, g[lo].to_numpy(float), g[hi].to_numpy(float), horizontal=True)
+        ax.axvline(ref, color="black", lw=1, ls="--" if ref else "-")
+        ax.set_yticks(y)
+        ax.set_yticklabels(labels(g), fontsize=8)
+        if xlim is not None:
+            ax.set_xlim(*xlim)
+        ax.set_title(f"{qid} ({g['axis'].iloc[0]})", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    axes[-1].set_xlabel(xlabel)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
 def plot_preferences(table: pd.DataFrame, path: Path) -> None:
     """Horizontal bars of pref_a with Wilson 95 % intervals and a 0.5 line, one panel per question.
 
@@ -733,26 +757,10 @@ def plot_preferences(table: pd.DataFrame, path: Path) -> None:
     if table.empty:
         _empty_plot(path, "no paired (A/B) ratings")
         return
-    groups = list(table.groupby("question_id", sort=True))
-    heights = [0.9 + 0.4 * len(g) for _, g in groups]
-    fig = _new_figure(7.5, sum(heights) + 0.4)
-    axes = fig.subplots(len(groups), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
-    for ax, (qid, g) in zip(axes, groups):
-        y = np.arange(len(g))[::-1]
-        pref = g["pref_a"].to_numpy(float)
-        colors = ["#d62728" if s else "#1f77b4" for s in g["significant"]]
-        ax.barh(y, np.nan_to_num(pref), color=colors, height=0.6)
-        _intervals(ax, y, g["ci95_lo"].to_numpy(float), g["ci95_hi"].to_numpy(float), horizontal=True)
-        ax.axvline(0.5, color="black", lw=1, ls="--")
-        ax.set_yticks(y)
-        ax.set_yticklabels([f"{a} vs {b} (n={n})" for a, b, n in zip(g["method_a"], g["method_b"], g["n"])],
-                           fontsize=8)
-        ax.set_xlim(0, 1)
-        ax.set_title(f"{qid} ({g['axis'].iloc[0]})", fontsize=9)
-        ax.grid(axis="x", alpha=0.3)
-    axes[-1].set_xlabel("share preferring the first method (ties excluded); red: p < 0.05")
-    fig.tight_layout()
-    fig.savefig(path)
+    _bar_panels(table, path, value="pref_a", lo="ci95_lo", hi="ci95_hi", ref=0.5, row_height=0.4, width=7.5,
+                labels=lambda g: [f"{a} vs {b} (n={n})" for a, b, n in zip(g["method_a"], g["method_b"], g["n"])],
+                colors=lambda g: ["#d62728" if sig else "#1f77b4" for sig in g["significant"]], xlim=(0, 1),
+                xlabel="share preferring the first method (ties excluded); red: p < 0.05")
 
 
 def plot_mos(table: pd.DataFrame, path: Path) -> None:
@@ -798,23 +806,9 @@ def plot_bradley_terry(table: pd.DataFrame, path: Path) -> None:
     if table.empty:
         _empty_plot(path, "no paired (A/B) ratings")
         return
-    groups = list(table.groupby("question_id", sort=True))
-    heights = [0.9 + 0.35 * len(g) for _, g in groups]
-    fig = _new_figure(7, sum(heights) + 0.4)
-    axes = fig.subplots(len(groups), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
-    for ax, (qid, g) in zip(axes, groups):
-        y = np.arange(len(g))[::-1]
-        ls = g["log_strength"].to_numpy(float)
-        ax.barh(y, ls, color="#2ca02c", height=0.6)
-        _intervals(ax, y, g["log_ci95_lo"].to_numpy(float), g["log_ci95_hi"].to_numpy(float), horizontal=True)
-        ax.axvline(0, color="black", lw=1)
-        ax.set_yticks(y)
-        ax.set_yticklabels(g["method"], fontsize=8)
-        ax.set_title(f"{qid} ({g['axis'].iloc[0]})", fontsize=9)
-        ax.grid(axis="x", alpha=0.3)
-    axes[-1].set_xlabel("Bradley-Terry log-strength (0 = geometric mean of the methods)")
-    fig.tight_layout()
-    fig.savefig(path)
+    _bar_panels(table, path, value="log_strength", lo="log_ci95_lo", hi="log_ci95_hi", ref=0.0, row_height=0.35,
+                width=7, labels=lambda g: list(g["method"]), colors=lambda g: "#2ca02c",
+                xlabel="Bradley-Terry log-strength (0 = geometric mean of the methods)")
 
 
 def _report(summary: dict[str, Any], tables: dict[str, pd.DataFrame], attention: pd.DataFrame,
