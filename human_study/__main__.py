@@ -25,9 +25,13 @@ def _read_secret(path: str | None, study_file: Path) -> tuple[str, Path]:
     if p.is_file():
         return _read_secret(str(p), study_file)
     secret = secrets.token_urlsafe(24)
-    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secret + "\n")
+    try:
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secret + "\n")
+    except OSError as err:
+        raise StudyError(f"Cannot write the admin secret to {p} ({err.strerror}); "
+                         "give one with --admin-secret-file.") from None
     return secret, p
 
 
@@ -46,6 +50,25 @@ def cmd_create(args) -> None:
     print(f"serve it with: python -m human_study serve --study {out}")
 
 
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    from .study import StudyError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        raise StudyError(f"The host {host!r} is not an address of this machine; use e.g. --host 127.0.0.1.") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as err:
+            raise StudyError(f"Cannot listen on {host}:{port} ({err.strerror.lower() if err.strerror else err}); "
+                             "pick another --port or stop what uses it.") from None
+
+
 def cmd_serve(args) -> None:
     import uvicorn
 
@@ -54,6 +77,7 @@ def cmd_serve(args) -> None:
     from .study import load_study
 
     study = load_study(args.study)
+    _check_port_free(args.host, args.port)
     url = args.db or default_db_url(args.study)
     engine = open_database(url, study)
     secret, secret_file = _read_secret(args.admin_secret_file, Path(args.study))

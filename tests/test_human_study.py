@@ -434,6 +434,20 @@ def test_cli_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and "loopback" in r.stderr
 
 
+def test_serve_refuses_a_busy_port_before_printing_links(study_file):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "human_study", "serve", "--study", str(study_file), "--port", str(port),
+                            "--db", f"sqlite:///{study_file.parent}/busy.db"], capture_output=True, text=True,
+                           cwd=ROOT, timeout=60)
+    assert r.returncode == 2 and f"Cannot listen on 127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr
+    assert "raters:" not in r.stdout
+
+
 def test_cli_export_and_analyze(client, tmp_path):
     import pandas as pd
 
