@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .study import ATTENTION_REFERENCE, ATTENTION_SHIFTED, ATTENTION_TEXT, Study
 
@@ -120,15 +120,9 @@ def assign_trials(study: Study, tally: Tally, rng: random.Random) -> list[TrialS
     for spec in attention:
         scored.insert(rng.randint(1, len(scored)), spec)
     for spec in scored:
-        specs.append(_with_position(spec, pos))
+        specs.append(replace(spec, position=pos))
         pos += 1
     return specs
-
-
-def _with_position(spec: TrialSpec, position: int) -> TrialSpec:
-    from dataclasses import replace
-
-    return replace(spec, position=position)
 
 
 def question_text(study: Study, spec_question_id: str) -> str:

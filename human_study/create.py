@@ -9,13 +9,15 @@ sound plays, the copy is the one out of sync.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+
+from eval.core import file_digest
+from lipsync.media import _tool
 
 from .study import (DEFAULT_INSTRUCTIONS, DEFAULT_TEXT, StudyError, parse_study, study_to_dict)
 
@@ -26,13 +28,6 @@ QUESTION_PRESETS = {
 DEFAULT_QUESTIONS = ("ab_realism", "ab_lipsync", "ab_quality", "mos_realism", "mos_lipsync", "mos_quality")
 
 
-def _ffmpeg() -> str:
-    path = shutil.which("ffmpeg")
-    if path is None:
-        raise StudyError("The 'ffmpeg' program was not found; install ffmpeg (make does it for you).")
-    return path
-
-
 def _run(cmd: list[str], what: str) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -40,20 +35,12 @@ def _run(cmd: list[str], what: str) -> None:
         raise StudyError(f"ffmpeg could not {what}: {tail}.")
 
 
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:20]
-
-
 def _blind_copy(src: Path, media: Path, staging: Path) -> str:
     """Copy ``src`` into the media folder under its content hash, without metadata; returns the name."""
-    name = f"{_sha(src)}{src.suffix.lower() if src.suffix.lower() in ('.mp4', '.webm') else '.mp4'}"
+    name = f"{file_digest(src)}{src.suffix.lower() if src.suffix.lower() in ('.mp4', '.webm') else '.mp4'}"
     if (media / name).is_file() or (staging / name).is_file():
         return name
-    _run([_ffmpeg(), "-v", "error", "-y", "-i", str(src), "-map", "0:v:0", "-map", "0:a:0?", "-c", "copy",
+    _run([_tool("ffmpeg"), "-v", "error", "-y", "-i", str(src), "-map", "0:v:0", "-map", "0:a:0?", "-c", "copy",
           "-map_metadata", "-1", "-map_chapters", "-1", "-fflags", "+bitexact", "-flags:v", "+bitexact",
           "-flags:a", "+bitexact", "-movflags", "+faststart", str(staging / name)], f"copy {src.name}")
     return name
@@ -65,12 +52,12 @@ def _shifted_copy(src: Path, shift_s: float, staging: Path) -> str:
 
     duration = probe(src).duration
     tmp = staging / "shift-tmp.mp4"
-    _run([_ffmpeg(), "-v", "error", "-y", "-i", str(src), "-filter_complex",
+    _run([_tool("ffmpeg"), "-v", "error", "-y", "-i", str(src), "-filter_complex",
           f"[0:v]tpad=start_duration={shift_s}:start_mode=clone[v]", "-map", "[v]", "-map", "0:a:0",
           "-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p", "-c:a", "copy",
           "-t", f"{duration:.3f}", "-map_metadata", "-1", "-fflags", "+bitexact", "-movflags", "+faststart", str(tmp)],
          f"make the attention copy of {src.name}")
-    name = f"{_sha(tmp)}.mp4"
+    name = f"{file_digest(tmp)}.mp4"
     os.replace(tmp, staging / name)
     return name
 

@@ -111,12 +111,11 @@ def run_load(url: str, *, raters: int = 50, trials: int = 20, concurrency: int =
         with report.lock:
             report.tokens.append(token)
         r = call("GET", f"/api/r/{token}/state")
-        answered = 0
-        while r is not None and r.status_code == 200 and answered < trials:
-            state = r.json()
+        if r is None or r.status_code != 200:
+            return
+        state, answered = r.json(), 0
+        while answered < trials and state["trial"] is not None:
             trial = state["trial"]
-            if trial is None:
-                break
             choice = rng.choice(trial["choices"])
             body = {"trial_id": trial["id"], "choice": choice, "submit_id": uuid.uuid4().hex,
                     "response_ms": rng.randint(800, 9000), "plays": 1}
@@ -142,13 +141,11 @@ def run_load(url: str, *, raters: int = 50, trials: int = 20, concurrency: int =
                 elif again.json()["rating_id"] != data["rating_id"]:
                     report.errors.append("double click got another rating id")
             answered += 1
-            r = None
-            new_state = data.get("state")
-            if new_state is not None:
-                r = _Fake(new_state)
-        if r is not None and (answered >= trials or (r.status_code == 200 and r.json().get("trial") is None)):
-            with report.lock:
-                report.finished += 1
+            state = data.get("state")  # the answer carries the next state, as GET state would
+            if state is None:
+                return
+        with report.lock:
+            report.finished += 1
 
     t0 = time.perf_counter()
     try:
@@ -158,18 +155,6 @@ def run_load(url: str, *, raters: int = 50, trials: int = 20, concurrency: int =
         client.close()
     report.wall_s = time.perf_counter() - t0
     return report
-
-
-class _Fake:
-    """A state from a rate answer, looking like the response of GET state."""
-
-    status_code = 200
-
-    def __init__(self, state: dict):
-        self._state = state
-
-    def json(self) -> dict:
-        return self._state
 
 
 # ----- checking what the database holds against what was acknowledged ----------------------------

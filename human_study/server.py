@@ -13,6 +13,7 @@ rating per trial, so a double click or a retried request never creates two ratin
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import io
@@ -126,7 +127,7 @@ def build_app(study: Study, engine: Engine, admin_secret: str, *, seed: int | No
     sqlite = engine.dialect.name == "sqlite"
     # SQLite has one writer at a time: serialise our own writers instead of letting them spin on
     # SQLITE_BUSY. PostgreSQL takes concurrent writers; its unique constraints keep them honest.
-    write_lock = threading.Lock() if sqlite else _NoLock()
+    write_lock = threading.Lock() if sqlite else contextlib.nullcontext()
     join_lock = threading.Lock()  # one assignment at a time, so the balance counts are exact
     rng = random.Random(study.seed if seed is None else seed)
     rng_lock = threading.Lock()
@@ -404,14 +405,6 @@ def build_app(study: Study, engine: Engine, admin_secret: str, *, seed: int | No
 
     app.add_middleware(BodyLimit)
     return app
-
-
-class _NoLock:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def progress(engine: Engine, study: Study) -> dict:

@@ -17,6 +17,11 @@ FIXTURES = ROOT / "tests" / "fixtures"
 GRID_CLIP = FIXTURES / "grid_s1_bgaa8p.mpg"
 GRID_ALIGN = FIXTURES / "grid_s1_bgaa8p.align"
 SHARED_DATA = ROOT.parent / "shared" / "data"
+# The browser tests drive Debian's Chromium (Playwright's own download does not work offline);
+# without the background-networking flags it keeps trying to reach Google's hosts.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 def ffmpeg(*args: str) -> None:

@@ -15,15 +15,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, ffmpeg
+from conftest import CHROMIUM, CHROMIUM_ARGS, ROOT, ffmpeg
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 ARTIFACTS = ROOT / "test-artifacts" / "demo"
 SERVER_START_S = 90      # import gradio + torch and bind the port
 EXAMPLE_TIMEOUT_S = 240  # preprocess + tiny training + synthesis of the 3 s clip on a loaded CPU

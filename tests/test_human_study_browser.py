@@ -16,12 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import CHROMIUM, CHROMIUM_ARGS, ROOT
 from human_study_support import SECRET, make_study, running_server
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 ARTIFACTS = ROOT / "test-artifacts" / "human_study"
 METHODS = ("ground_truth", "lipsync3d", "personalized_2d", "frozen")
 N_PRACTICE, N_SCORED, N_ATTENTION = 1, 6, 1
