@@ -17,9 +17,10 @@ import tempfile
 from pathlib import Path
 
 from eval.core import file_digest
+from lipsync.common import path_arg
 from lipsync.media import _tool
 
-from .study import (DEFAULT_INSTRUCTIONS, DEFAULT_TEXT, StudyError, parse_study, study_to_dict)
+from .study import (DEFAULT_INSTRUCTIONS, DEFAULT_MIN_WATCH, DEFAULT_TEXT, StudyError, parse_study, study_to_dict)
 
 QUESTION_PRESETS = {
     "ab_realism": ("paired", "realism"), "ab_lipsync": ("paired", "lip_sync"), "ab_quality": ("paired", "visual_quality"),
@@ -40,9 +41,9 @@ def _blind_copy(src: Path, media: Path, staging: Path) -> str:
     name = f"{file_digest(src)}{src.suffix.lower() if src.suffix.lower() in ('.mp4', '.webm') else '.mp4'}"
     if (media / name).is_file() or (staging / name).is_file():
         return name
-    _run([_tool("ffmpeg"), "-v", "error", "-y", "-i", str(src), "-map", "0:v:0", "-map", "0:a:0?", "-c", "copy",
+    _run([_tool("ffmpeg"), "-v", "error", "-y", "-i", path_arg(src), "-map", "0:v:0", "-map", "0:a:0?", "-c", "copy",
           "-map_metadata", "-1", "-map_chapters", "-1", "-fflags", "+bitexact", "-flags:v", "+bitexact",
-          "-flags:a", "+bitexact", "-movflags", "+faststart", str(staging / name)], f"copy {src.name}")
+          "-flags:a", "+bitexact", "-movflags", "+faststart", path_arg(staging / name)], f"copy {src.name}")
     return name
 
 
@@ -52,10 +53,10 @@ def _shifted_copy(src: Path, shift_s: float, staging: Path) -> str:
 
     duration = probe(src).duration
     tmp = staging / "shift-tmp.mp4"
-    _run([_tool("ffmpeg"), "-v", "error", "-y", "-i", str(src), "-filter_complex",
+    _run([_tool("ffmpeg"), "-v", "error", "-y", "-i", path_arg(src), "-filter_complex",
           f"[0:v]tpad=start_duration={shift_s}:start_mode=clone[v]", "-map", "[v]", "-map", "0:a:0",
           "-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p", "-c:a", "copy",
-          "-t", f"{duration:.3f}", "-map_metadata", "-1", "-fflags", "+bitexact", "-movflags", "+faststart", str(tmp)],
+          "-t", f"{duration:.3f}", "-map_metadata", "-1", "-fflags", "+bitexact", "-movflags", "+faststart", path_arg(tmp)],
          f"make the attention copy of {src.name}")
     name = f"{file_digest(tmp)}.mp4"
     os.replace(tmp, staging / name)
@@ -65,11 +66,12 @@ def _shifted_copy(src: Path, shift_s: float, staging: Path) -> str:
 def create_study(results_dir: str | Path, out_file: str | Path, *, methods: list[str] | None = None,
                  reference: str = "lipsync3d", pairs: str = "reference", questions: list[str] | None = None,
                  trials_per_rater: int | None = None, practice_trials: int = 2, attention: int = 2,
-                 attention_shift_s: float = 0.5, title: str | None = None, seed: int = 0) -> Path:
+                 attention_shift_s: float = 0.5, title: str | None = None, seed: int = 0,
+                 min_watch_fraction: float = DEFAULT_MIN_WATCH) -> Path:
     """Write ``out_file`` (YAML) and its ``media/`` folder from an evaluation results folder.
 
     ``pairs``: ``reference`` compares ``reference`` with every other method (the usual design);
-    ``all`` compares every pair. Returns the path of the study file.
+    ``all`` compares every pair. ``min_watch_fraction``: see ``Study``. Returns the path of the study file.
     """
     import yaml
 
@@ -141,7 +143,7 @@ def create_study(results_dir: str | Path, out_file: str | Path, *, methods: list
             "instructions": DEFAULT_INSTRUCTIONS, "methods": methods, "pairs": pair_list, "clips": clips,
             "questions": qs, "practice_trials": practice_trials, "seed": seed,
             "attention_checks": {"count": attention, "shift_s": attention_shift_s, "clips": att_clips},
-            "open_enrollment": True, "max_raters": 1000,
+            "open_enrollment": True, "max_raters": 1000, "min_watch_fraction": min_watch_fraction,
         }
         # validate before anything is moved into place (files are checked in the staging folder)
         media.mkdir(exist_ok=True)

@@ -1,4 +1,11 @@
-"""Small shared helpers: the user-facing error type, shape checks, device resolution."""
+"""Small shared helpers: the user-facing error type, shape checks, device resolution, and the rule
+for handing user input to external programs.
+
+External programs (ffmpeg, ffprobe, espeak-ng) are always started with an argument list, never
+through a shell, and user input never becomes one of their options: file paths go through
+``path_arg`` (absolute, so never ``-...`` nor ``proto:...``), and free text goes after a ``--``
+that ends the program's options.
+"""
 from __future__ import annotations
 
 import os
@@ -16,6 +23,16 @@ class LipsyncError(Exception):
     The CLI prints ``str(err)`` as one sentence and exits non-zero, without a traceback.
     The message should say what is wrong and what to do about it.
     """
+
+
+def path_arg(path: str | os.PathLike) -> str:
+    """A file path as a command-line argument for ffmpeg, ffprobe and the like.
+
+    The path is made absolute, so it starts with ``/``: a file named ``-f`` or ``-y.mp4`` cannot be
+    read as an option, and one named ``concat:a|b`` or ``http:...`` cannot select an ffmpeg protocol
+    (ffmpeg only looks for a protocol name before the first ``/``).
+    """
+    return os.fspath(Path(path).absolute())
 
 
 def check_shape(name: str, array, dims: Sequence[int | str | None]) -> dict[str, int]:

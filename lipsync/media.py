@@ -17,7 +17,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .common import LipsyncError
+from .common import LipsyncError, path_arg
 
 AUDIO_SAMPLE_RATE = 16_000  # Hz: the rate every audio feature in lipsync uses
 
@@ -39,6 +39,8 @@ class VideoInfo:
         duration: seconds of video.
         has_audio: whether there is at least one audio stream.
         video_start, audio_start: stream start times in seconds (to align audio to frame 0).
+        container: ffprobe's name of the file format found in the bytes (e.g. ``mov,mp4,m4a,3gp,3g2,mj2``),
+            whatever the file is called.
     """
     path: Path
     width: int
@@ -49,6 +51,7 @@ class VideoInfo:
     has_audio: bool
     video_start: float
     audio_start: float
+    container: str = ""
 
 
 def _rate(text: str | None) -> float:
@@ -68,7 +71,7 @@ def probe(path: str | Path) -> VideoInfo:
         raise LipsyncError(f"{path} is a folder, not a video file.")
     if path.stat().st_size == 0:
         raise LipsyncError(f"{path} is empty (0 bytes); give a video file with a person talking.")
-    cmd = [_tool("ffprobe"), "-v", "error", "-show_streams", "-show_format", "-of", "json", str(path)]
+    cmd = [_tool("ffprobe"), "-v", "error", "-show_streams", "-show_format", "-of", "json", path_arg(path)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         why = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
@@ -98,7 +101,7 @@ def probe(path: str | Path) -> VideoInfo:
         width, height = height, width
     return VideoInfo(path=path, width=width, height=height, fps=fps, frames=frames, duration=duration,
                      has_audio=bool(audio), video_start=float(v.get("start_time") or 0.0),
-                     audio_start=float(audio[0].get("start_time") or 0.0) if audio else 0.0)
+                     audio_start=float(audio[0].get("start_time") or 0.0) if audio else 0.0, container=fmt_name)
 
 
 class FrameReader:
@@ -116,7 +119,7 @@ class FrameReader:
 
     def __iter__(self) -> Iterator[np.ndarray]:
         w, h = self.info.width, self.info.height
-        cmd = [_tool("ffmpeg"), "-nostdin", "-v", "error", "-i", str(self.info.path), "-map", "0:v:0",
+        cmd = [_tool("ffmpeg"), "-nostdin", "-v", "error", "-i", path_arg(self.info.path), "-map", "0:v:0",
                "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=w * h * 3 * 4)
         err_thread = threading.Thread(target=self._drain, args=(proc.stderr,), daemon=True)
@@ -156,7 +159,7 @@ def read_image(path: str | Path) -> np.ndarray:
 
 def load_audio(path: str | Path, *, sample_rate: int = AUDIO_SAMPLE_RATE, stream: int = 0) -> np.ndarray:
     """Decode the audio of any file ffmpeg reads (wav, mp3, m4a, a video...) to mono float32 (S,)."""
-    cmd = [_tool("ffmpeg"), "-nostdin", "-v", "error", "-i", str(path), "-map", f"0:a:{stream}",
+    cmd = [_tool("ffmpeg"), "-nostdin", "-v", "error", "-i", path_arg(path), "-map", f"0:a:{stream}",
            "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "-"]
     proc = subprocess.run(cmd, capture_output=True)
     if proc.returncode != 0:

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -25,7 +26,8 @@ from typing import Callable
 
 import numpy as np
 
-from .common import LipsyncError
+from .common import LipsyncError, path_arg
+from .media import _tool
 
 Progress = Callable[[str, int, int], None]
 
@@ -33,17 +35,37 @@ Progress = Callable[[str, int, int], None]
 # ---------------------------------------------------------------------------------------------
 # audio
 
-def text_to_speech(text: str, folder: Path, *, voice: str = "en") -> Path:
-    """Speak ``text`` with espeak-ng (offline) into a wav file in ``folder``."""
+VOICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+-]{0,39}$")  # espeak-ng voice names: en, en-us, de, en+f3
+
+
+def text_to_speech(text: str, folder: Path, *, voice: str = "en", max_seconds: float | None = None) -> Path:
+    """Speak ``text`` with espeak-ng (offline) into ``folder / "tts.wav"``.
+
+    The text is handed over after ``--``, so espeak-ng reads it as words to speak even when it
+    starts with ``-`` (``-f FILE`` would otherwise read a file aloud, ``-w PATH`` write elsewhere).
+    ``max_seconds``: refuse speech longer than this (the file is removed).
+    """
     if not text or not text.strip():
         raise LipsyncError("--text is empty; give the words to speak.")
+    if "\x00" in text:
+        raise LipsyncError("--text contains a NUL character; give plain text.")
+    if not VOICE_RE.match(voice):
+        raise LipsyncError(f"{voice!r} is not an espeak-ng voice name (e.g. en, en-us, de).")
     exe = shutil.which("espeak-ng") or shutil.which("espeak")
     if exe is None:
         raise LipsyncError("espeak-ng is not installed, so --text cannot be spoken; install it (apt-get install espeak-ng) or give --audio.")
     path = folder / "tts.wav"
-    proc = subprocess.run([exe, "-v", voice, "-w", str(path), text], capture_output=True, text=True)
+    proc = subprocess.run([exe, "-v", voice, "-w", path_arg(path), "--", text], capture_output=True, text=True)
     if proc.returncode != 0 or not path.is_file():
         raise LipsyncError(f"espeak-ng could not speak the text ({proc.stderr.strip() or 'no output'}).")
+    if max_seconds is not None:
+        import soundfile as sf
+
+        seconds = sf.info(str(path)).duration
+        if seconds > max_seconds + 0.5:
+            path.unlink()
+            raise LipsyncError(f"the text takes {seconds:.0f} s to speak; the limit here is {max_seconds:.0f} s of "
+                               "speech, so shorten it.")
     return path
 
 
@@ -188,9 +210,9 @@ def target_for_speaker(speaker, target: str | Path | None, workdir: Path, progre
             if "still image" not in str(err):
                 raise
             video = workdir / "still.mp4"  # a still image becomes a one-second video of itself
-            proc = subprocess.run([shutil.which("ffmpeg") or "ffmpeg", "-nostdin", "-v", "error", "-y", "-loop", "1", "-i",
-                                   str(target), "-t", "1", "-r", "25", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
-                                   "-pix_fmt", "yuv420p", "-c:v", "libx264", str(video)], capture_output=True, text=True)
+            proc = subprocess.run([_tool("ffmpeg"), "-nostdin", "-v", "error", "-y", "-loop", "1", "-i",
+                                   path_arg(target), "-t", "1", "-r", "25", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
+                                   "-pix_fmt", "yuv420p", "-c:v", "libx264", path_arg(video)], capture_output=True, text=True)
             if proc.returncode != 0:
                 raise LipsyncError(f"{target} could not be read as an image ({proc.stderr.strip()}).") from None
             notes.append("the target is a still image: the head stays still")
@@ -279,11 +301,11 @@ class VideoWriter:
     def __init__(self, out: Path, width: int, height: int, fps: float, audio_wav: Path, *, crf: int = 18):
         self.out = out
         self.tmp = out.with_name(f".{out.stem}.partial-{os.getpid()}{out.suffix or '.mp4'}")
-        cmd = [shutil.which("ffmpeg") or "ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
-               "-s", f"{width}x{height}", "-r", f"{fps}", "-i", "-", "-i", str(audio_wav), "-map", "0:v", "-map", "1:a",
+        cmd = [_tool("ffmpeg"), "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
+               "-s", f"{width}x{height}", "-r", f"{fps}", "-i", "-", "-i", path_arg(audio_wav), "-map", "0:v", "-map", "1:a",
                "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-preset", "veryfast", "-crf", str(int(crf)),
                "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "128k", "-shortest", "-movflags", "+faststart",
-               "-f", "mp4", str(self.tmp)]
+               "-f", "mp4", path_arg(self.tmp)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def __enter__(self) -> "VideoWriter":
