@@ -1,6 +1,7 @@
 """``python -m demo``: start the Gradio demo (``make demo`` does this).
 
     python -m demo [--host 127.0.0.1] [--port 7860] [--workdir .cache/demo] [--example-preset example]
+                   [--secure-cookies]
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="training of the bundled example: 'example' (~2 min on 2 CPU cores), 'tiny' (seconds, a "
                          "smoke test) or 'quick' (5-7 min) (default: $LIPSYNC_DEMO_EXAMPLE_PRESET or example)")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="torch device for training")
+    ap.add_argument("--secure-cookies", action="store_true",
+                    help="mark the session cookie Secure: set this when the demo is served over HTTPS (a reverse proxy)")
     return ap
 
 
@@ -37,7 +40,9 @@ def main(argv=None) -> int:
     from .app import build_app, launch_kwargs
     from .config import default_config
 
-    cfg = default_config(root=args.workdir, example_preset=args.example_preset, device=args.device)
+    cfg = default_config(root=args.workdir, example_preset=args.example_preset, device=args.device,
+                         secure_cookies=args.secure_cookies or None)
+    (cfg.root / "browser_secret").unlink(missing_ok=True)  # left by versions that kept sessions in localStorage
     removed = jobs.prune_sessions(cfg)
     if removed:
         logging.getLogger("demo").info("removed %d session(s) unused for %d days", removed, jobs.SESSION_MAX_AGE_DAYS)

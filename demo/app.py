@@ -9,6 +9,7 @@ import gradio as gr
 
 from . import compare, handlers, jobs
 from .config import EXAMPLE_TEXT, DemoConfig, default_config
+from .web import session_token
 
 CSS = """
 .train-bar { height: 14px; border-radius: 7px; background: var(--neutral-200); overflow: hidden; }
@@ -25,9 +26,16 @@ example end to end; the other tabs do the same with your own video."""
 
 
 def launch_kwargs(cfg: DemoConfig) -> dict:
-    """Settings for ``app.launch``: the demo's files may be served; uploads are capped."""
-    return {"allowed_paths": [str(cfg.root)], "max_file_size": f"{int(cfg.limits.video_mb)}mb", "css": CSS,
-            "show_error": True}
+    """Settings for ``app.launch``: the security middleware (``demo.web``), the folders whose
+    files may be served (sessions and the example, nothing else of the work folder), the upload cap."""
+    from starlette.middleware import Middleware
+
+    from .web import DemoSecurity
+
+    return {"allowed_paths": [str(cfg.root / "sessions"), str(cfg.root / "example")],
+            "max_file_size": int(cfg.limits.video_mb * 1e6), "css": CSS, "show_error": True, "ssr_mode": False,
+            "app_kwargs": {"middleware": [Middleware(DemoSecurity, secure_cookies=cfg.secure_cookies,
+                                                     session_days=jobs.SESSION_MAX_AGE_DAYS)]}}
 
 
 def build_app(cfg: DemoConfig | None = None) -> gr.Blocks:
@@ -37,7 +45,6 @@ def build_app(cfg: DemoConfig | None = None) -> gr.Blocks:
 
     with gr.Blocks(title="lipsync demo", analytics_enabled=False, delete_cache=(3600, 86400)) as app:
         session = gr.State()
-        stored = gr.BrowserState(None, storage_key="lipsync-demo-session", secret=jobs.browser_secret(cfg))
         gr.Markdown(INTRO, elem_id="intro")
         gr.Markdown(f"**Limits:** {cfg.limits.describe()} Your uploads and models are visible only to this browser.")
         with gr.Row():
@@ -135,8 +142,12 @@ def build_app(cfg: DemoConfig | None = None) -> gr.Blocks:
         refresh_training = dict(fn=bind(handlers.refresh_training), inputs=[session, preset], outputs=training)
         show_current = dict(fn=bind(handlers.select_current), inputs=[session, preset],
                             outputs=[session, model, *overview, *training])
-        app.load(bind(handlers.start), inputs=[stored],
-                 outputs=[session, stored, speaker, model, ex_video, ex_mesh, ex_files, ex_status]).then(**show_current)
+
+        def on_load(request: gr.Request):
+            """The visitor's session from their cookie (``demo.web``), which page scripts cannot read."""
+            return handlers.start(cfg, session_token(request.headers))
+
+        app.load(on_load, outputs=[session, speaker, model, ex_video, ex_mesh, ex_files, ex_status]).then(**show_current)
         ex_run.click(bind(handlers.run_example), inputs=[session, ex_text],
                      outputs=[session, speaker, model, ex_video, ex_mesh, ex_files, ex_status], **HEAVY,
                      api_name="run_example").then(**show_current)

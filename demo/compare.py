@@ -18,7 +18,7 @@ from lipsync.common import LipsyncError
 
 from . import jobs
 from .config import DemoConfig
-from .handlers import resolve_model, speech_input, stage_progress, user_errors
+from .handlers import resolve_model, speech_file, stage_progress, user_errors
 
 TEST_SECONDS = 8.0
 THIS_MODEL = "this model"
@@ -75,17 +75,14 @@ def _seen_in_training(clip, speaker: jobs.Speaker) -> float:
     return max(0, train_end - test_start) / fps
 
 
-def _driving_audio(cfg: DemoConfig, clip, mode: str, audio, text, run: Path) -> Path:
-    """A 16 kHz mono wav: the test clip's own audio, or the visitor's speech."""
+def _driving_audio(clip, mode: str, speech: Path | None, run: Path) -> Path:
+    """A 16 kHz mono wav in ``run``: the test clip's own audio, or the visitor's speech (``speech_file``)."""
     from lipsync.media import load_audio, write_wav
-    from lipsync.synthesis import text_to_speech
 
     if mode == "self":
         return Path(clip.audio)
-    speech = speech_input(cfg, mode, audio, text)
-    source = text_to_speech(speech["text"], run) if "text" in speech else Path(speech["audio"])
     wav = run / "speech.wav"
-    write_wav(wav, load_audio(source))
+    write_wav(wav, load_audio(speech))
     return wav
 
 
@@ -140,26 +137,28 @@ def run_comparison(cfg: DemoConfig, session: dict, preset: str | None, baselines
     from lipsync import load_model
     from lipsync.common import resolve_device
 
-    from .checks import check_video
+    from .checks import check_video, shown_name, store_video
 
     speaker, folder = resolve_model(cfg, session, preset)
     baselines = [b for b in baselines or [] if b in BASELINES]
     if audio_mode not in ("self", "audio", "text"):
         raise LipsyncError(f"unknown audio choice {audio_mode!r}.")
-    if audio_mode != "self":
-        speech_input(cfg, audio_mode, audio, text)  # refuse bad speech before any slow work
-        baselines = [b for b in baselines if b != "ground_truth"]
     ext_path = ext_copy = None
+    ext_shown = shown_name(external, "external video")
     if "external" in baselines:
         if not external:
             raise LipsyncError("'an uploaded result of another system' is ticked but no video was uploaded; upload it or untick it.")
-        ext_path, _, _ = check_video(external, Path(external).name, cfg.limits, max_seconds=cfg.limits.target_s + 5)
+        ext_path, _, _ = check_video(external, ext_shown, cfg.limits, max_seconds=cfg.limits.target_s + 5)
     cache = speaker.folder / "compare_cache"
     run = jobs.new_run_dir(cfg, session, "compare")
     device = resolve_device(cfg.device)
     try:
+        speech = None
+        if audio_mode != "self":
+            speech = speech_file(cfg, audio_mode, audio, text, run)  # refuse bad speech before any slow work
+            baselines = [b for b in baselines if b != "ground_truth"]
         train_prepared, clip = comparison_clip(speaker, cache, progress)
-        wav = _driving_audio(cfg, clip, audio_mode, audio, text, run)
+        wav = _driving_audio(clip, audio_mode, speech, run)
         videos: dict[str, Path] = {}
         progress(None, desc=f"{THIS_MODEL}: synthesize")
         videos[THIS_MODEL] = run / "this_model.mp4"
@@ -167,11 +166,8 @@ def run_comparison(cfg: DemoConfig, session: dict, preset: str | None, baselines
                                       crf=EVAL_CRF, progress=stage_progress(progress, f"{THIS_MODEL}: "))
         options = {"renderer": "auto"}
         if ext_path is not None:
-            ext_dir = run / "external"
-            ext_dir.mkdir()
-            ext_copy = ext_dir / f"{clip.name}{ext_path.suffix.lower()}"
-            shutil.copyfile(ext_path, ext_copy)
-            options.update(external_dir=str(ext_dir), external_name=Path(external).stem)
+            ext_copy = store_video(ext_path, run / "external", clip.name)  # named by the server, not the upload
+            options.update(external_dir=str(ext_copy.parent), external_name=Path(ext_shown).stem[:40] or "external")
         notes = []
         for name in baselines:
             ctx = RunContext(out=run, cache=cache, train_video=Path(speaker.video), train_prepared=Path(train_prepared),
@@ -199,7 +195,7 @@ def run_comparison(cfg: DemoConfig, session: dict, preset: str | None, baselines
         msg = str(err)
         for path in (ext_copy, ext_path):
             if path is not None:
-                msg = msg.replace(str(path), Path(external).name)
+                msg = msg.replace(str(path), ext_shown)
         raise LipsyncError(msg) from None
     same = clip.video == speaker.video
     where = ("the whole training video (it is short), so the numbers show how well each method fits footage it "

@@ -31,16 +31,19 @@ class Limits:
     def describe(self) -> str:
         return (f"Training video: up to {self.video_mb:.0f} MB and {self.video_s / 60:.0f} min. "
                 f"Target video: up to {self.target_s:.0f} s; photo up to {self.image_mb:.0f} MB. "
-                f"Audio: up to {self.audio_s:.0f} s ({self.audio_mb:.0f} MB). Text: up to {self.text_chars} characters.")
+                f"Audio: up to {self.audio_s:.0f} s ({self.audio_mb:.0f} MB). Text: up to {self.text_chars} characters "
+                f"and {self.audio_s:.0f} s of speech.")
 
 
 @dataclass(frozen=True)
 class DemoConfig:
     """``root``: the demo's work folder (sessions, the example's cache); ``example_preset``: one of
-    ``EXAMPLE_PRESETS``; ``device``: torch device for training ("auto": CUDA when present)."""
+    ``EXAMPLE_PRESETS``; ``device``: torch device for training ("auto": CUDA when present);
+    ``secure_cookies``: mark the session cookie ``Secure`` (set it when the demo is served over HTTPS)."""
     root: Path = PROJECT_ROOT / ".cache" / "demo"
     example_preset: str = "example"
     device: str = "auto"
+    secure_cookies: bool = False
     limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self):

@@ -9,6 +9,7 @@ inside the handlers.
 from __future__ import annotations
 
 import functools
+import html
 import inspect
 import json
 import logging
@@ -22,7 +23,7 @@ import gradio as gr
 from lipsync.common import LipsyncError
 
 from . import jobs
-from .checks import check_audio, check_text, check_video
+from .checks import check_audio, check_name, check_text, check_video, shown_name
 from .config import EXAMPLE_TEXT, DemoConfig
 
 log = logging.getLogger("demo")
@@ -103,11 +104,11 @@ def model_choices(cfg: DemoConfig, session: dict) -> gr.Dropdown:
 
 
 @user_errors
-def start(cfg: DemoConfig, stored_token: str | None):
-    """On page load: this browser's session (a stored token) or a new one, and the example's
-    cached result when there is one. Returns (session, token to store, speakers, models, example
+def start(cfg: DemoConfig, token: str | None):
+    """On page load: the session of this browser's cookie token (see ``demo.web``) or a new one, and
+    the example's cached result when there is one. Returns (session, speakers, models, example
     video, example 3D face, example downloads, example status)."""
-    session = jobs.new_session(cfg, stored_token)
+    session = jobs.new_session(cfg, token)
     cached = example_cached_result(cfg, EXAMPLE_TEXT)
     if cached:
         session["speaker"] = jobs.EXAMPLE_ID
@@ -117,8 +118,7 @@ def start(cfg: DemoConfig, stored_token: str | None):
         status = ("Press **Run the example** to preprocess the bundled 3-second GRID clip, train a model on it "
                   "and make it speak the sentence above (about 2-3 minutes the first time on 2 CPU cores; "
                   "instant afterwards).")
-    return (session, session["token"], speaker_choices(cfg, session), model_choices(cfg, session),
-            video, mesh, files, status)
+    return session, speaker_choices(cfg, session), model_choices(cfg, session), video, mesh, files, status
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,7 +183,8 @@ def run_example(cfg: DemoConfig, session: dict, text: str, progress=gr.Progress(
         out = _example_output_dir(cfg, text)
         out.mkdir(parents=True, exist_ok=True)
         video, mesh, _ = _result_files(out)
-        summary = load_model(folder).synthesize(out=video, text=text, mesh=mesh, blendshapes=out / "blendshapes.csv",
+        speech = speech_file(cfg, "text", None, text, out)
+        summary = load_model(folder).synthesize(out=video, audio=speech, mesh=mesh, blendshapes=out / "blendshapes.csv",
                                                 progress=stage_progress(progress, "3/3 synthesize: "))
         summary["wall_s"] = round(time.perf_counter() - t0, 1)
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -236,11 +237,12 @@ def speaker_overview(cfg: DemoConfig, speaker: jobs.Speaker) -> tuple:
 def preprocess_speaker(cfg: DemoConfig, session: dict, video: str | None, name: str | None, progress=gr.Progress()):
     """Check an uploaded (or recorded) video, store it as this session's speaker and preprocess it.
     Returns (session, speakers, models, summary, mesh, atlas before, atlas after, pose, lighting)."""
-    shown = Path(video).name if video else "video"
+    shown = shown_name(video, "video")
+    name = check_name(name)
     work = jobs.session_dir(cfg, session) / "uploads"
     work.mkdir(exist_ok=True)
     path, _, _ = check_video(video, shown, cfg.limits, work=work)
-    speaker = jobs.add_speaker(cfg, session, path, (name or "").strip(), uploaded_as=shown)
+    speaker = jobs.add_speaker(cfg, session, path, name, uploaded_as=shown)
     try:
         _ensure_prepared(speaker, progress, "preprocess: ", shown)
     except LipsyncError:
@@ -339,7 +341,7 @@ def _job_status(job: jobs.TrainJob) -> str:
     elapsed = time.time() - job.started
     if job.done.is_set():
         if job.error:
-            return f"<p><b>Training stopped:</b> {job.error}</p>"
+            return f"<p><b>Training stopped:</b> {html.escape(job.error)}</p>"
         if job.cancelled:
             return _bar(job.step, job.total) + (f"<p>Cancelled at step {job.step}; a checkpoint is kept, so "
                                                 "<b>Train</b> resumes from there.</p>")
@@ -435,12 +437,16 @@ def resolve_model(cfg: DemoConfig, session: dict, preset: str | None) -> tuple[j
     return speaker, models[preset] if preset else next(iter(models.values()))
 
 
-def speech_input(cfg: DemoConfig, source: str, audio: str | None, text: str | None) -> dict:
-    """``synthesize`` keywords for the chosen speech: {"audio": path} or {"text": ...}."""
+def speech_file(cfg: DemoConfig, source: str, audio: str | None, text: str | None, folder: Path) -> Path:
+    """The chosen speech as a sound file within the limits: the visitor's audio, or their text
+    spoken by espeak-ng into ``folder`` (refused when it runs longer than the audio limit)."""
+    from lipsync.synthesis import text_to_speech
+
     if source == "text":
-        return {"text": check_text(text, cfg.limits)}
-    path, _ = check_audio(audio, Path(audio).name if audio else "audio", cfg.limits)
-    return {"audio": str(path)}
+        folder.mkdir(parents=True, exist_ok=True)
+        return text_to_speech(check_text(text, cfg.limits), folder, max_seconds=cfg.limits.audio_s)
+    path, _ = check_audio(audio, shown_name(audio, "audio"), cfg.limits)
+    return path
 
 
 @user_errors
@@ -450,23 +456,23 @@ def synthesize_speech(cfg: DemoConfig, session: dict, preset: str | None, source
     from lipsync import load_model
 
     speaker, folder = resolve_model(cfg, session, preset)
-    speech = speech_input(cfg, source, audio, text)
     target_path = None
     if target_kind == "upload":
-        shown = Path(target).name if target else "target video or photo"
+        shown = shown_name(target, "target video or photo")
         target_path, _, _ = check_video(target, shown, cfg.limits, max_seconds=cfg.limits.target_s,
                                         work=jobs.session_dir(cfg, session) / "uploads", allow_image=True)
     out = jobs.new_run_dir(cfg, session, "synth")
     video, mesh, files = str(out / "talk.mp4"), str(out / "face.glb"), None
     try:
-        summary = load_model(folder).synthesize(out=video, target=target_path, mesh=mesh,
+        speech = speech_file(cfg, source, audio, text, out)
+        summary = load_model(folder).synthesize(out=video, audio=speech, target=target_path, mesh=mesh,
                                                 blendshapes=out / "blendshapes.csv",
-                                                progress=stage_progress(progress), **speech)
+                                                progress=stage_progress(progress))
     except LipsyncError as err:
         shutil.rmtree(out, ignore_errors=True)
         msg = str(err)
         if target_path is not None:
-            msg = msg.replace(str(target_path), Path(target).name)
+            msg = msg.replace(str(target_path), shown_name(target))
         raise LipsyncError(msg) from None
     _, _, files = _result_files(out)
     return video, mesh, files, _synthesis_status(summary)

@@ -4,14 +4,18 @@ Layout under ``DemoConfig.root`` (an ignored project folder, ``.cache/demo`` by 
 
     example/grid_s1-<key>/          the bundled example, shared by every visitor (keyed by content)
         prepared/  models/<preset>-<key>/  outputs/<key>/
-    sessions/<token>/               one visitor (a random 128-bit token kept in the browser)
+    sessions/<key>/                 one visitor: key = a hash of the random 128-bit token in the
+                                    visitor's HttpOnly cookie (demo.web), so links never show it
         speakers/sp-<digest>/       one uploaded speaker: video, meta.json, prepared/, models/
         runs/<n>/                   synthesized videos and comparisons
 
 Only the session's own token leads to its folder, so one visitor never sees another's uploads.
+Every stored upload gets a name the server chooses (``video.mp4``, ``video.mkv``...) from what
+ffprobe finds in the file, never the name or extension it was uploaded with.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -38,14 +42,21 @@ SESSION_MAX_AGE_DAYS = 30
 # ---------------------------------------------------------------------------------------------
 # sessions
 
+def session_key(token: str) -> str:
+    """The folder name of the session whose secret token is ``token``: a hash of it, so the file
+    links the page shows (which name the folder) never reveal the token itself."""
+    return hashlib.sha256(f"lipsync-demo-session:{token}".encode()).hexdigest()[:32]
+
+
 def new_session(cfg: DemoConfig, token: str | None = None) -> dict:
-    """The session for ``token`` if its folder exists, else a new one. A session is the plain dict
-    kept in ``gr.State``: ``{"token": ..., "speaker": selected speaker id or None}``."""
+    """The session for ``token`` (the visitor's cookie, see ``demo.web``) or, without a valid
+    token, a new one. A session is the plain dict kept server-side in ``gr.State``:
+    ``{"token": ..., "speaker": selected speaker id or None}``."""
     if isinstance(token, dict):  # a session dict made for an event that came before the page load
         token = token.get("token")
-    if not (isinstance(token, str) and TOKEN_RE.match(token) and (cfg.root / "sessions" / token).is_dir()):
+    if not (isinstance(token, str) and TOKEN_RE.match(token)):
         token = secrets.token_hex(16)
-    (cfg.root / "sessions" / token / "speakers").mkdir(parents=True, exist_ok=True)
+    (cfg.root / "sessions" / session_key(token) / "speakers").mkdir(parents=True, exist_ok=True)
     return {"token": token, "speaker": None}
 
 
@@ -53,7 +64,7 @@ def session_dir(cfg: DemoConfig, session: dict | None) -> Path:
     token = (session or {}).get("token")
     if not (isinstance(token, str) and TOKEN_RE.match(token)):
         raise LipsyncError("this page has no session yet; reload the page.")
-    folder = cfg.root / "sessions" / token
+    folder = cfg.root / "sessions" / session_key(token)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -63,15 +74,6 @@ def new_run_dir(cfg: DemoConfig, session: dict, kind: str) -> Path:
     folder = session_dir(cfg, session) / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{secrets.token_hex(3)}"
     folder.mkdir(parents=True)
     return folder
-
-
-def browser_secret(cfg: DemoConfig) -> str:
-    """The key that encrypts the session token in the browser, kept so tokens survive restarts."""
-    path = cfg.root / "browser_secret"
-    if not path.is_file():
-        cfg.root.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_hex(16))
-    return path.read_text().strip()
 
 
 def prune_sessions(cfg: DemoConfig, max_age_days: float = SESSION_MAX_AGE_DAYS) -> int:
@@ -146,7 +148,8 @@ def list_speakers(cfg: DemoConfig, session: dict) -> list[tuple[str, str]]:
 
 
 def add_speaker(cfg: DemoConfig, session: dict, video: Path, name: str, *, uploaded_as: str) -> Speaker:
-    """Copy an uploaded video into the session as a speaker (the same video again: the same speaker)."""
+    """Copy an uploaded (checked) video into the session as a speaker (the same video again: the
+    same speaker). ``name``: checked by ``checks.check_name``; ``uploaded_as``: the shown file name."""
     from eval.core import file_digest
 
     sid = f"sp-{file_digest(video)[:12]}"
@@ -157,9 +160,9 @@ def add_speaker(cfg: DemoConfig, session: dict, video: Path, name: str, *, uploa
             meta["name"] = name
             (folder / "meta.json").write_text(json.dumps(meta, indent=2))
         return get_speaker(cfg, session, sid)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"video{video.suffix.lower() or '.mp4'}"
-    shutil.copyfile(video, target)
+    from .checks import store_video
+
+    target = store_video(video, folder, "video")  # named by the server from the probed container
     meta = {"name": name or Path(uploaded_as).stem or sid, "video": target.name, "uploaded_as": uploaded_as,
             "created": time.time()}
     (folder / "meta.json").write_text(json.dumps(meta, indent=2))

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from human_study.loadtest import free_port  # noqa: F401 - a free port of 127.0.0.1, for test servers
 from lipsync.common import setup_cache_env
 
 setup_cache_env()

@@ -205,7 +205,7 @@ def test_example_then_cached_second_visit(cfg, session):
     t0 = time.perf_counter()
     again = handlers.start(cfg, new_session["token"])
     assert time.perf_counter() - t0 < CACHED_EXAMPLE_S
-    assert again[0]["token"] == new_session["token"] and again[4] == video
+    assert again[0]["token"] == new_session["token"] and again[3] == video
 
 
 def test_drive_with_text_and_a_photo(cfg, grid_session, media):

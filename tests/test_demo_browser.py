@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import urllib.request
 
 import pytest
 
-from conftest import CHROMIUM, CHROMIUM_ARGS, ROOT, ffmpeg
+from conftest import CHROMIUM, CHROMIUM_ARGS, ROOT, ffmpeg, free_port
 
 ARTIFACTS = ROOT / "test-artifacts" / "demo"
 SERVER_START_S = 90      # import gradio + torch and bind the port
@@ -28,17 +27,13 @@ playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright i
 if not CHROMIUM.is_file():
     pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium); the browser tests need it", allow_module_level=True)
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The demo's URL; the server's log is copied to test-artifacts on the way out."""
     work = tmp_path_factory.mktemp("demo-work")
-    port = _free_port()
+    port = free_port()
     log_path = work / "server.log"
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
     with open(log_path, "w") as log:
@@ -80,12 +75,16 @@ def browser():
 
 @pytest.fixture
 def page(browser, server):
+    """The demo's page; at the end, nothing on it may have been blocked by its Content-Security-Policy."""
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
     pg = ctx.new_page()
+    blocked: list[str] = []
+    pg.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
     pg.goto(server)
     pg.wait_for_selector("#run-example", timeout=60_000)
     yield pg
     ctx.close()
+    assert not blocked, blocked
 
 
 def _shot(page, name: str) -> None:
