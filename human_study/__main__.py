@@ -10,6 +10,21 @@ from pathlib import Path
 from lipsync.common import LipsyncError, setup_cache_env
 
 
+def _read_code(path: str | None) -> str | None:
+    """The enrollment code from ``--enrollment-code-file`` (None without the option)."""
+    from .study import StudyError
+
+    if not path:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise StudyError(f"The enrollment code file {p} does not exist.")
+    code = p.read_text(encoding="utf-8").strip()
+    if not (4 <= len(code) <= 200) or any(c.isspace() for c in code):
+        raise StudyError(f"The enrollment code in {p} must be 4-200 characters without spaces.")
+    return code
+
+
 def _read_secret(path: str | None, study_file: Path) -> tuple[str, Path]:
     from .study import StudyError
 
@@ -41,7 +56,8 @@ def cmd_create(args) -> None:
     out = create_study(args.results, args.out, methods=args.methods, reference=args.reference, pairs=args.pairs,
                        questions=args.questions, trials_per_rater=args.trials_per_rater,
                        practice_trials=args.practice, attention=args.attention,
-                       attention_shift_s=args.attention_shift, title=args.title, seed=args.seed)
+                       attention_shift_s=args.attention_shift, title=args.title, seed=args.seed,
+                       min_watch_fraction=args.min_watch)
     from .study import load_study
 
     study = load_study(out)
@@ -81,14 +97,23 @@ def cmd_serve(args) -> None:
     url = args.db or default_db_url(args.study)
     engine = open_database(url, study)
     secret, secret_file = _read_secret(args.admin_secret_file, Path(args.study))
-    app = build_app(study, engine, secret)
+    code = _read_code(args.enrollment_code_file)
     host = f"[{args.host}]" if ":" in args.host else args.host
+    public_url = (args.public_url or f"http://{host}:{args.port}").rstrip("/")
+    app = build_app(study, engine, secret, public_url=public_url, secure_cookies=args.secure_cookies,
+                    enrollment_code=code, joins_per_client_hour=args.join_rate)
     print(f"study {study.title!r}: {len(study.item_universe())} distinct trials, {study.trials_per_rater} per rater")
     print(f"database: {engine.url.render_as_string(hide_password=True)}")
-    print(f"raters:   http://{host}:{args.port}/" + ("" if study.open_enrollment else " (invitation only)"))
-    print(f"admin:    http://{host}:{args.port}/admin (the secret is in {secret_file})", flush=True)
+    if not study.open_enrollment:
+        print(f"raters:   {public_url}/ (invitation only)")
+    elif code:
+        print(f"raters:   {public_url}/?code=<the code in {args.enrollment_code_file}>")
+    else:
+        print(f"raters:   {public_url}/")
+    print(f"admin:    {public_url}/admin (the secret is in {secret_file})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
-                timeout_graceful_shutdown=5)
+                timeout_graceful_shutdown=5, proxy_headers=True,
+                forwarded_allow_ips=args.forwarded_allow_ips or "127.0.0.1")
 
 
 def cmd_analyze(args) -> None:
@@ -134,6 +159,9 @@ def cmd_loadtest(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .server import JOINS_PER_CLIENT_HOUR
+    from .study import DEFAULT_MIN_WATCH
+
     setup_cache_env()
     p = argparse.ArgumentParser(prog="python -m human_study", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -150,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--attention", type=int, default=2, help="attention checks per rater (0: none)")
     c.add_argument("--attention-shift", type=float, default=0.5, help="seconds the attention copy's picture lags its sound")
     c.add_argument("--title")
+    c.add_argument("--min-watch", type=float, default=DEFAULT_MIN_WATCH,
+                   help="an answer counts only once this share of the trial's video has had time to play (0: no check)")
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(func=cmd_create)
 
@@ -159,6 +189,16 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=7870)
     s.add_argument("--admin-secret-file", help="file holding the admin secret (default: STUDY_DIR/admin_secret.txt, made if missing)")
+    s.add_argument("--public-url", help="the address raters use, e.g. https://study.example.org (invite links start "
+                                       "with it; default: http://HOST:PORT)")
+    s.add_argument("--enrollment-code-file", help="file holding a code that joining through the open link needs "
+                                                  "(share the link as PUBLIC_URL/?code=CODE)")
+    s.add_argument("--join-rate", type=float, default=JOINS_PER_CLIENT_HOUR,
+                   help="open-link joins allowed per client address per hour (0: no limit)")
+    s.add_argument("--secure-cookies", action="store_true",
+                   help="mark the admin cookie Secure (set it when the server is reached over HTTPS)")
+    s.add_argument("--forwarded-allow-ips", help="addresses of reverse proxies whose X-Forwarded-For/-Proto to "
+                                                 "trust (default: 127.0.0.1)")
     s.add_argument("--log-level", default="warning")
     s.set_defaults(func=cmd_serve)
 

@@ -11,9 +11,14 @@ Input everywhere is the ratings table, a ``pandas.DataFrame`` with one row per s
     score: int | None; the MOS score 1-5
     is_practice, is_attention: bool; attention_passed: bool | None (set on attention trials)
     response_ms: int; created_at: str (ISO 8601); app_version: str
+    optional: plays: int | None (times the video was played to its end before the answer);
+    first_shown_at: str | None; viewed_ms: int | None (from the server first showing the trial
+    to the answer reaching it, measured by the server)
 
 Which rows count where:
     * practice rows (``is_practice``) are dropped before anything else;
+    * raters are flagged (``attention_table``) for failed attention checks and for answers given
+      without playing the video (``plays == 0``, which the server refuses since it records plays);
     * attention-check rows (``is_attention``) only feed ``attention_table``; every other table
       ("scored" ratings) leaves them out, so their doctored clips ("attention:shifted_0.5s")
       never count as methods and the answers to them never count for "ground_truth".
@@ -71,7 +76,7 @@ BT_COLUMNS = ["method", "strength", "log_strength", "wins", "comparisons", "rank
 BT_TABLE_COLUMNS = ["question_id", "axis", "method", "strength", "log_strength", "log_ci95_lo", "log_ci95_hi",
                     "wins", "comparisons", "rank", "component", "n_raters"]
 AGREEMENT_COLUMNS = ["question_id", "question_type", "axis", "level", "alpha", "n_units", "n_raters"]
-ATTENTION_COLUMNS = ["rater_id", "n_checks", "n_failed", "flagged", "n_ratings"]
+ATTENTION_COLUMNS = ["rater_id", "n_checks", "n_failed", "n_unplayed", "median_viewed_s", "flagged", "n_ratings"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -621,8 +626,11 @@ def attention_table(df: pd.DataFrame, max_failures: int = 0) -> pd.DataFrame:
 
     Returns:
         One row per rater (sorted by rater_id): rater_id; n_checks (attention trials answered);
-        n_failed; flagged (n_failed > max_failures; a rater without checks is not flagged);
-        n_ratings (their scored, i.e. non-attention, ratings).
+        n_failed; n_unplayed (answers given without playing the video, ``plays == 0``; unknown
+        plays do not count); median_viewed_s (median server-measured seconds from showing a trial to
+        its answer; NaN when not recorded); flagged (n_failed > max_failures or n_unplayed > 0; a
+        rater without checks can still be flagged for unplayed answers); n_ratings (their scored,
+        i.e. non-attention, ratings).
 
     Raises:
         ValueError: when an attention trial has no attention_passed value (it cannot be scored
@@ -647,7 +655,12 @@ def attention_table(df: pd.DataFrame, max_failures: int = 0) -> pd.DataFrame:
     out["n_checks"] = out["n_checks"].astype(int)
     out["n_failed"] = out["n_failed"].astype(int)
     out["n_ratings"] = out["n_ratings"].astype(int)
-    out["flagged"] = out["n_failed"] > max_failures
+    plays = pd.to_numeric(df["plays"], errors="coerce") if "plays" in df.columns else pd.Series(float("nan"), df.index)
+    out["n_unplayed"] = (plays == 0).groupby(df["rater_id"]).sum().reindex(raters, fill_value=0).to_numpy().astype(int)
+    viewed = (pd.to_numeric(df["viewed_ms"], errors="coerce") / 1000.0 if "viewed_ms" in df.columns
+              else pd.Series(float("nan"), df.index))
+    out["median_viewed_s"] = viewed.groupby(df["rater_id"]).median().reindex(raters).to_numpy().round(2)
+    out["flagged"] = (out["n_failed"] > max_failures) | (out["n_unplayed"] > 0)
     return out[ATTENTION_COLUMNS]
 
 
@@ -827,10 +840,12 @@ def _report(summary: dict[str, Any], tables: dict[str, pd.DataFrame], attention:
         fate = ("**excluded** from every table below except the attention table"
                 f" ({summary['n_excluded_ratings']} scored ratings removed)") if summary["excluded"] else \
             "**not excluded**: their ratings are in every table below (rerun with exclude_flagged=True to drop them)"
-        lines.append(f"- Flagged raters (more than {max_failures} failed attention checks): {len(flagged)} "
-                     f"of {len(attention)} (rater_id {', '.join(map(str, flagged))}); {fate}.")
+        lines.append(f"- Flagged raters (more than {max_failures} failed attention checks, or an answer given "
+                     f"without playing the video): {len(flagged)} of {len(attention)} "
+                     f"(rater_id {', '.join(map(str, flagged))}); {fate}.")
     else:
-        lines.append(f"- Flagged raters (more than {max_failures} failed attention checks): 0 of {len(attention)}.")
+        lines.append(f"- Flagged raters (more than {max_failures} failed attention checks, or an answer given "
+                     f"without playing the video): 0 of {len(attention)}.")
     lines += ["", "Conventions: paired \"no preference\" answers count in n but not in pref_a, its Wilson 95 % "
               "interval or its two-sided exact binomial test (vs 0.5), which use decisive answers only; these "
               "per-pair statistics treat answers as independent. left_share is the fraction of answers picking "
@@ -845,7 +860,9 @@ def _report(summary: dict[str, Any], tables: dict[str, pd.DataFrame], attention:
         lines += [f"## {title}", "", _markdown_table(tables[key])]
         if plot:
             lines += [f"![{title}]({plot})", ""]
-    lines += ["## Attention checks", "", _markdown_table(attention)]
+    lines += ["## Attention checks and viewing", "",
+              "n_unplayed: answers given without playing the video; median_viewed_s: the median time from the "
+              "server showing a trial to the answer.", "", _markdown_table(attention)]
     return "\n".join(lines)
 
 

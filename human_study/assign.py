@@ -18,7 +18,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
-from .study import ATTENTION_REFERENCE, ATTENTION_SHIFTED, ATTENTION_TEXT, Study
+from .study import ATTENTION_REFERENCE, ATTENTION_SHIFTED, Study
 
 
 @dataclass(frozen=True)
@@ -126,6 +126,5 @@ def assign_trials(study: Study, tally: Tally, rng: random.Random) -> list[TrialS
 
 
 def question_text(study: Study, spec_question_id: str) -> str:
-    if spec_question_id == "attention":
-        return ATTENTION_TEXT
+    """The wording shown for a trial (attention checks borrow a scored question's, see ``Study.attention_question``)."""
     return study.question(spec_question_id).text

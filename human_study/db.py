@@ -12,6 +12,7 @@ of this program.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 from sqlalchemy import (Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine, event,
@@ -53,6 +54,8 @@ class Rater(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     user_agent: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    # revision 0003: "open" (joined through the open link) or "invite" (an admin's personal link)
+    enrolled_via: Mapped[str | None] = mapped_column(String(10), nullable=True)
 
 
 class Trial(Base):
@@ -94,6 +97,8 @@ class Rating(Base):
     app_version: Mapped[str] = mapped_column(String(40))
     # revision 0002
     plays: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # revision 0003: milliseconds from the server first showing the trial to the answer reaching it
+    viewed_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 def default_db_url(study_file: str | Path) -> str:
@@ -164,11 +169,15 @@ def open_database(url: str, study=None, *, must_exist: bool = False) -> Engine:
     from sqlalchemy.orm import Session
 
     if url.startswith("sqlite:///"):
-        parent = Path(url[len("sqlite:///"):]).parent
-        if not parent.is_dir():
-            raise StudyError(f"The folder {parent} for the SQLite database does not exist.")
-        if must_exist and not Path(url[len("sqlite:///"):]).is_file():
-            raise StudyError(f"There is no database at {url[len('sqlite:///'):]}; give the --db that serve used.")
+        path = Path(url[len("sqlite:///"):])
+        if not path.parent.is_dir():
+            raise StudyError(f"The folder {path.parent} for the SQLite database does not exist.")
+        if must_exist and not path.is_file():
+            raise StudyError(f"There is no database at {path}; give the --db that serve used.")
+        if not path.exists():
+            # it holds the raters' personal tokens: readable by its owner only (SQLite gives its
+            # -wal and -shm files the same mode)
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     engine = make_engine(url)
     try:
         upgrade(engine)
@@ -199,7 +208,7 @@ def study_row_id(engine: Engine) -> int:
 EXPORT_COLUMNS = ["rating_id", "rater_id", "rater_label", "trial_id", "position", "question_id", "question_type", "axis",
                   "clip_id", "method_left", "method_right", "method", "choice", "chosen_method", "score",
                   "is_practice", "is_attention", "attention_expected", "attention_passed", "response_ms", "plays",
-                  "created_at", "app_version"]
+                  "first_shown_at", "viewed_ms", "created_at", "app_version"]
 
 
 def ratings_frame(engine: Engine):
@@ -223,9 +232,12 @@ def ratings_frame(engine: Engine):
                 "attention_expected": t.expected,
                 "attention_passed": (r.choice == t.expected) if t.is_attention else None,
                 "response_ms": r.response_ms, "plays": r.plays,
+                "first_shown_at": t.first_shown_at.isoformat(timespec="milliseconds") + "Z" if t.first_shown_at else None,
+                "viewed_ms": r.viewed_ms,
                 "created_at": r.created_at.isoformat(timespec="milliseconds") + "Z", "app_version": r.app_version,
             })
     df = pd.DataFrame(rows, columns=EXPORT_COLUMNS)
     df["score"] = df["score"].astype("Int64")
     df["plays"] = df["plays"].astype("Int64")
+    df["viewed_ms"] = df["viewed_ms"].astype("Int64")
     return df

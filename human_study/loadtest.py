@@ -121,6 +121,10 @@ def run_load(url: str, *, raters: int = 50, trials: int = 20, concurrency: int =
                     "response_ms": rng.randint(800, 9000), "plays": 1}
             t0 = time.perf_counter()
             resp = call("POST", f"/api/r/{token}/rate", json=body)
+            while resp is not None and resp.status_code == 409 and "watch the video" in resp.text:
+                time.sleep(0.2)  # the server wants the video played first, as the rater page waits for its end
+                t0 = time.perf_counter()
+                resp = call("POST", f"/api/r/{token}/rate", json=body)
             dt_ms = (time.perf_counter() - t0) * 1000
             if resp is None:
                 report.errors.append(f"gave up on {token[:6]}.. trial {trial['id']}")
@@ -229,8 +233,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(study, db_url: str, port: int, log, secret_file):
-    """``python -m human_study serve`` in its own process group; returns once /healthz answers."""
+def start_server(study, db_url: str, port: int, log, secret_file, extra_args=("--join-rate", "0")):
+    """``python -m human_study serve`` in its own process group; returns once /healthz answers.
+
+    ``extra_args``: more ``serve`` options; by default no join limit, since simulated raters all
+    join from one address."""
     import os
     import subprocess
     import sys
@@ -240,7 +247,7 @@ def start_server(study, db_url: str, port: int, log, secret_file):
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "human_study", "serve", "--study", str(study), "--db", db_url,
-                             "--port", str(port), "--admin-secret-file", str(secret_file)],
+                             "--port", str(port), "--admin-secret-file", str(secret_file), *extra_args],
                             cwd=Path(__file__).resolve().parent.parent, env=env, stdout=open(log, "ab"),
                             stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 60
@@ -301,7 +308,9 @@ def _bench_in(work, study, db_url, raters, trials_per_rater) -> dict:
 
     if study is None:
         results = synthetic_results(work / "results")
-        study = create_study(results, work / "study" / "study.yaml", trials_per_rater=trials_per_rater)
+        # simulated raters answer at once: no minimum viewing time (the server's throughput is measured)
+        study = create_study(results, work / "study" / "study.yaml", trials_per_rater=trials_per_rater,
+                             min_watch_fraction=0)
     st = load_study(study)
     answers = st.practice_trials + st.trials_per_rater + st.attention.count
     db_url = db_url or f"sqlite:///{work / 'bench.db'}"

@@ -5,7 +5,14 @@ rater endpoint is scoped by it, so nobody can read or answer another rater's tri
 sent without method names and media is served by ``/media/TOKEN/TRIAL/SLOT``, never by a path,
 so neither a URL nor a file name tells which method is on which side, and nothing outside the
 study's own files can be reached. Admin endpoints need the admin secret (``Authorization:
-Bearer SECRET`` or the cookie set by logging in at ``/admin``), which never appears in a URL.
+Bearer SECRET``) or the session cookie of a login at ``/admin``; the secret never appears in a URL.
+
+Abuse (see ``human_study.security``): wrong admin secrets lock out their sender without slowing
+anyone else; open enrollment is rate limited per address and overall and can require an
+enrollment code; a rater who joined but answered nothing gives their place back after
+``JOIN_HOLD_S``; an answer counts only after the video has been played (``plays``) and had time to
+play (``Study.min_watch_fraction``, measured by the server). Pages load their scripts and styles
+from ``/static`` so that a strict Content-Security-Policy can forbid inline scripts.
 
 A rating is committed in its own transaction before the answer is sent; the page moves on only
 after that answer. Submissions carry a client-made ``submit_id`` and the database allows one
@@ -14,7 +21,7 @@ rating per trial, so a double click or a retried request never creates two ratin
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import datetime as dt
 import hmac
 import io
 import json
@@ -23,7 +30,6 @@ import re
 import secrets
 import tempfile
 import threading
-import time
 import zipfile
 from pathlib import Path
 
@@ -39,6 +45,7 @@ from sqlalchemy.orm import Session
 from . import __version__
 from .assign import Tally, TrialSpec, assign_trials, question_text
 from .db import Rater, Rating, Trial, ratings_frame, study_row_id, utcnow
+from .security import ADMIN_SESSION_S, AdminSessions, LoginGuard, RateLimiter, Refused, SecurityHeaders
 from .study import MOS_LABELS, MOS_SCALE, Study
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -46,6 +53,12 @@ TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{20,64}$")
 MAX_BODY_BYTES = 16 * 1024
 ADMIN_COOKIE = "hs_admin"
 APP_VERSION = f"human_study {__version__}"
+STATIC_FILES = {"index.js": "text/javascript", "rater.js": "text/javascript", "admin.js": "text/javascript",
+                "index.css": "text/css", "rater.css": "text/css", "admin.css": "text/css"}
+JOIN_HOLD_S = 3600          # a rater who joined through the open link but answered nothing holds a place this long
+JOINS_PER_CLIENT_HOUR = 20  # open-link joins from one address per hour (bursts allowed)
+JOINS_PER_MINUTE = 120      # open-link joins from everybody per minute
+MAX_CODE_CHARS = 200
 
 
 class RateIn(BaseModel):
@@ -57,6 +70,11 @@ class RateIn(BaseModel):
     submit_id: str = Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     response_ms: int = Field(ge=0, le=24 * 3600 * 1000)
     plays: int = Field(default=0, ge=0, le=1000)
+
+
+class JoinIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    code: str | None = Field(default=None, max_length=MAX_CODE_CHARS)
 
 
 class InviteIn(BaseModel):
@@ -115,12 +133,40 @@ async def _plain(send, status: int, text: str):
 def _choices(trial: Trial, study: Study) -> list[str]:
     if trial.kind == "mos":
         return [str(v) for v in MOS_SCALE]
-    nopref = True if trial.is_attention else study.question(trial.question_id).no_preference
-    return ["left", "right"] + (["none"] if nopref else [])
+    return ["left", "right"] + (["none"] if study.question(trial.question_id).no_preference else [])
 
 
-def build_app(study: Study, engine: Engine, admin_secret: str, *, seed: int | None = None) -> FastAPI:
-    """The FastAPI app for one study on one database (see the module docstring)."""
+def _client(request: Request) -> str:
+    """The client's address (the proxy's unless uvicorn is told to trust its X-Forwarded-For)."""
+    return request.client.host if request.client else "unknown"
+
+
+def media_seconds(path: Path) -> float:
+    """A study video's duration (0 when ffprobe cannot tell)."""
+    from lipsync.common import LipsyncError
+    from lipsync.media import probe
+
+    try:
+        return max(0.0, probe(path).duration)
+    except LipsyncError:
+        return 0.0
+
+
+def build_app(study: Study, engine: Engine, admin_secret: str, *, seed: int | None = None,
+              public_url: str | None = None, secure_cookies: bool = False, enrollment_code: str | None = None,
+              joins_per_client_hour: float = JOINS_PER_CLIENT_HOUR, joins_per_minute: float = JOINS_PER_MINUTE,
+              admin_session_s: float = ADMIN_SESSION_S) -> FastAPI:
+    """The FastAPI app for one study on one database (see the module docstring).
+
+    Args:
+        public_url: the address raters reach the server at (``https://study.example.org``); invite
+            links start with it. Without it they are root-relative and the admin page completes
+            them with its own address; they are never built from a request's ``Host`` header.
+        secure_cookies: mark the admin cookie ``Secure`` (always so for requests that arrive over HTTPS).
+        enrollment_code: when set, joining through the open link needs it (``/?code=...``).
+        joins_per_client_hour, joins_per_minute: open-link join limits (0: none).
+        admin_session_s: how long an admin login lasts.
+    """
     if len(admin_secret) < 16:
         raise ValueError("the admin secret must have at least 16 characters")
     app = FastAPI(title=study.title, docs_url=None, redoc_url=None, openapi_url=None)
@@ -132,7 +178,12 @@ def build_app(study: Study, engine: Engine, admin_secret: str, *, seed: int | No
     rng = random.Random(study.seed if seed is None else seed)
     rng_lock = threading.Lock()
     study_id = study_row_id(engine)
-    cookie_value = hmac.new(admin_secret.encode(), b"admin-session", hashlib.sha256).hexdigest()
+    guard = LoginGuard()
+    sessions = AdminSessions(admin_session_s)
+    client_joins = RateLimiter(joins_per_client_hour, 3600, what="joins from your address")
+    all_joins = RateLimiter(joins_per_minute, 60, what="joins right now")
+    durations: dict[str, float] = {}
+    durations_lock = threading.Lock()
 
     # ----- helpers -------------------------------------------------------------------------
     def rater_or_404(s: Session, token: str) -> Rater:
@@ -169,6 +220,16 @@ def build_app(study: Study, engine: Engine, admin_secret: str, *, seed: int | No
             }
         return out
 
+    def shown_state(s: Session, rater: Rater) -> dict:
+        """``state`` for an answer's reply, which shows the next trial: the caller holds the write lock."""
+        out = state(s, rater)
+        if out["trial"] is not None:
+            t = s.get(Trial, out["trial"]["id"])
+            if t.first_shown_at is None:
+                t.first_shown_at = utcnow()
+                s.commit()
+        return out
+
     def mark_shown(token: str, trial_id: int) -> None:
         with write_lock, Session(engine) as s:
             t = s.get(Trial, trial_id)
@@ -176,14 +237,25 @@ def build_app(study: Study, engine: Engine, admin_secret: str, *, seed: int | No
                 t.first_shown_at = utcnow()
                 s.commit()
 
-    def create_rater(label: str | None, user_agent: str | None) -> str:
+    def holding_places(s: Session):
+        """The ids of raters who hold a place: invited, answered at least once, or joined within
+        ``JOIN_HOLD_S`` (an open-link join nobody uses gives its place back)."""
+        answered = select(Rating.rater_id).distinct()
+        recent = utcnow() - dt.timedelta(seconds=JOIN_HOLD_S)
+        invited = Rater.enrolled_via.is_(None) | (Rater.enrolled_via != "open")
+        return select(Rater.id).where(invited | Rater.id.in_(answered) | (Rater.created_at >= recent))
+
+    def study_full(s: Session) -> bool:
+        return s.scalar(select(func.count()).select_from(holding_places(s).subquery())) >= study.max_raters
+
+    def create_rater(label: str | None, user_agent: str | None, via: str) -> str:
         with join_lock:
             with Session(engine) as s:
-                n = s.scalar(select(func.count(Rater.id)))
-                if n >= study.max_raters:
+                if study_full(s):
                     raise HTTPException(403, "this study has all the raters it needs; thank you")
                 tally = Tally()
-                q = select(Trial).where(Trial.is_practice.is_(False), Trial.is_attention.is_(False))
+                q = select(Trial).where(Trial.is_practice.is_(False), Trial.is_attention.is_(False),
+                                        Trial.rater_id.in_(holding_places(s)))
                 for t in s.scalars(q):
                     tally.add(TrialSpec(t.position, t.kind, t.question_id, t.axis, t.clip_id, t.method_left,
                                         t.method_right, t.media_left, t.media_right))
@@ -192,7 +264,7 @@ def build_app(study: Study, engine: Engine, admin_secret: str, *, seed: int | No
             specs = assign_trials(study, tally, rater_rng)
             token = secrets.token_urlsafe(24)
             with write_lock, Session(engine) as s:
-                rater = Rater(study_id=study_id, token=token, label=label,
+                rater = Rater(study_id=study_id, token=token, label=label, enrolled_via=via,
                               user_agent=(user_agent or "")[:300] or None)
                 s.add(rater)
                 s.flush()
@@ -204,14 +276,47 @@ def build_app(study: Study, engine: Engine, admin_secret: str, *, seed: int | No
                 s.commit()
             return token
 
+    def secret_matches(request: Request, given: str) -> bool:
+        """Compare ``given`` with the admin secret, counting misses (raises ``Refused`` when locked out)."""
+        client = _client(request)
+        guard.check(client)
+        if hmac.compare_digest(given.encode(), admin_secret.encode()):
+            guard.succeeded(client)
+            return True
+        guard.failed(client)
+        return False
+
     def require_admin(request: Request) -> None:
-        auth = request.headers.get("authorization", "")
-        if auth.lower().startswith("bearer ") and hmac.compare_digest(auth[7:].strip().encode(), admin_secret.encode()):
+        if sessions.valid(request.cookies.get(ADMIN_COOKIE)):
             return
-        cookie = request.cookies.get(ADMIN_COOKIE, "")
-        if cookie and hmac.compare_digest(cookie.encode(), cookie_value.encode()):
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("bearer ") and secret_matches(request, auth[7:].strip()):
             return
         raise HTTPException(401, "the admin secret is required")
+
+    def duration(rel: str) -> float:
+        with durations_lock:
+            known = durations.get(rel)
+        if known is None:
+            try:
+                known = media_seconds(study.media_path(rel))
+            except Exception:  # a path outside the study: the media route refuses it too
+                known = 0.0
+            with durations_lock:
+                durations[rel] = known
+        return known
+
+    def min_view_s(trial: Trial) -> float:
+        """Seconds a trial must have been shown before an answer counts (``Study.min_watch_fraction``)."""
+        if study.min_watch_fraction <= 0:
+            return 0.0
+        return study.min_watch_fraction * max(duration(rel) for rel in (trial.media_left, trial.media_right) if rel)
+
+    if study.min_watch_fraction > 0:  # learn every video's duration now, not while an answer holds the write lock
+        every = {rel for c in study.clips for rel in c.videos.values()}
+        every |= {rel for pair in study.attention.clips.values() for rel in pair.values()}
+        threading.Thread(target=lambda: [duration(rel) for rel in sorted(every)], name="media-durations",
+                         daemon=True).start()
 
     # ----- errors: short JSON, never a traceback ---------------------------------------------
     @app.exception_handler(RequestValidationError)
@@ -220,6 +325,10 @@ def build_app(study: Study, engine: Engine, admin_secret: str, *, seed: int | No
         where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
         return JSONResponse({"detail": f"invalid request: {where or 'body'}: {first.get('msg', 'malformed')}"},
                             status_code=400)
+
+    @app.exception_handler(Refused)
+    async def _refused(_request, err: Refused):
+        return JSONResponse({"detail": str(err)}, status_code=429, headers={"Retry-After": str(err.retry_after)})
 
     @app.exception_handler(Exception)
     async def _crash(_request, err: Exception):  # pragma: no cover - a bug; keep other raters going
@@ -230,9 +339,14 @@ def build_app(study: Study, engine: Engine, admin_secret: str, *, seed: int | No
 
     # ----- pages ---------------------------------------------------------------------------
     def page(name: str) -> HTMLResponse:
-        return HTMLResponse((STATIC / name).read_text(encoding="utf-8"),
-                            headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
-                                     "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"})
+        return HTMLResponse((STATIC / name).read_text(encoding="utf-8"), headers={"Cache-Control": "no-store"})
+
+    @app.get("/static/{name}")
+    def static(name: str):
+        if name not in STATIC_FILES:
+            raise HTTPException(404, "not found")
+        return Response((STATIC / name).read_bytes(), media_type=STATIC_FILES[name],
+                        headers={"Cache-Control": "no-cache"})
 
     @app.get("/", response_class=HTMLResponse)
     def index():
@@ -255,13 +369,30 @@ def build_app(study: Study, engine: Engine, admin_secret: str, *, seed: int | No
     # ----- rater API -------------------------------------------------------------------------
     @app.get("/api/study")
     def study_info():
-        return {"title": study.title, "open_enrollment": study.open_enrollment}
+        with Session(engine) as s:
+            full = study_full(s)
+        return {"title": study.title, "open_enrollment": study.open_enrollment, "full": full,
+                "needs_code": bool(enrollment_code)}
 
     @app.post("/api/join")
-    def join(request: Request):
+    async def join(request: Request):
         if not study.open_enrollment:
             raise HTTPException(403, "this study is by invitation only; use your personal link")
-        token = create_rater(None, request.headers.get("user-agent"))
+        client_joins.check(_client(request))  # before anything else: wrong codes count too
+        all_joins.check()
+        code = None
+        if enrollment_code:
+            try:
+                raw = await request.body()
+                code = JoinIn.model_validate_json(raw or b"{}").code if raw.strip() else None
+            except ValueError:
+                raise HTTPException(400, "send the enrollment code as JSON {\"code\": ...}") from None
+            if not code or not hmac.compare_digest(code.encode(), enrollment_code.encode()):
+                raise HTTPException(403, "this study needs the enrollment code from your invitation"
+                                    if not code else "that enrollment code is not right; check your invitation")
+        from starlette.concurrency import run_in_threadpool
+
+        token = await run_in_threadpool(create_rater, None, request.headers.get("user-agent"), "open")
         return {"token": token, "url": f"/r/{token}"}
 
     @app.get("/api/r/{token}/state")
@@ -289,12 +420,18 @@ def build_app(study: Study, engine: Engine, admin_secret: str, *, seed: int | No
                     raise HTTPException(409, "this is not the current trial; reload the page")
                 if body.choice not in _choices(trial, study):
                     raise HTTPException(400, f"choice must be one of {', '.join(_choices(trial, study))}")
+                if body.plays < 1:
+                    raise HTTPException(400, "play the video to the end before answering")
+                viewed_s = (utcnow() - trial.first_shown_at).total_seconds() if trial.first_shown_at else 0.0
+                if viewed_s < min_view_s(trial):
+                    raise HTTPException(409, "watch the video to the end before answering")
                 chosen = None
                 if trial.kind == "paired" and body.choice in ("left", "right"):
                     chosen = trial.method_left if body.choice == "left" else trial.method_right
                 rating = Rating(trial_id=trial.id, rater_id=rater.id, submit_id=body.submit_id, choice=body.choice,
                                 chosen_method=chosen, score=int(body.choice) if trial.kind == "mos" else None,
-                                response_ms=body.response_ms, plays=body.plays, app_version=APP_VERSION)
+                                response_ms=body.response_ms, plays=body.plays, viewed_ms=int(viewed_s * 1000),
+                                app_version=APP_VERSION)
                 s.add(rating)
                 if nxt.position == s.scalar(select(func.max(Trial.position)).where(Trial.rater_id == rater.id)):
                     rater.finished_at = utcnow()
@@ -306,11 +443,11 @@ def build_app(study: Study, engine: Engine, admin_secret: str, *, seed: int | No
                     if existing is None:
                         raise
                     return _duplicate(s, rater, existing, body)
-                return {"ok": True, "rating_id": rating.id, "duplicate": False, "state": state(s, rater)}
+                return {"ok": True, "rating_id": rating.id, "duplicate": False, "state": shown_state(s, rater)}
 
     def _duplicate(s: Session, rater: Rater, existing: Rating, body: RateIn):
         if existing.submit_id == body.submit_id or existing.choice == body.choice:
-            return {"ok": True, "rating_id": existing.id, "duplicate": True, "state": state(s, rater)}
+            return {"ok": True, "rating_id": existing.id, "duplicate": True, "state": shown_state(s, rater)}
         raise HTTPException(409, "this trial is already answered")
 
     @app.get("/media/{token}/{trial_id}/{slot}")
@@ -343,17 +480,20 @@ def build_app(study: Study, engine: Engine, admin_secret: str, *, seed: int | No
                 secret = str((await request.form()).get("secret", ""))
         except Exception:
             raise HTTPException(400, "send the secret as JSON {\"secret\": ...} or a form field") from None
-        if not hmac.compare_digest(secret.encode(), admin_secret.encode()):
-            time.sleep(0.5)  # slow down guessing
+        if not secret_matches(request, secret):  # refuses at once while the sender is locked out
             raise HTTPException(401, "wrong admin secret")
+        sessions.revoke(request.cookies.get(ADMIN_COOKIE))  # a new id for every login
         resp = JSONResponse({"ok": True})
-        resp.set_cookie(ADMIN_COOKIE, cookie_value, httponly=True, samesite="strict", path="/admin")
+        resp.set_cookie(ADMIN_COOKIE, sessions.create(), max_age=int(admin_session_s), httponly=True,
+                        samesite="strict", path="/admin", secure=secure_cookies or request.url.scheme == "https")
         return resp
 
     @app.post("/admin/logout")
-    def admin_logout():
+    def admin_logout(request: Request):
+        sessions.revoke(request.cookies.get(ADMIN_COOKIE))
         resp = JSONResponse({"ok": True})
-        resp.delete_cookie(ADMIN_COOKIE, path="/admin")
+        resp.delete_cookie(ADMIN_COOKIE, path="/admin", httponly=True, samesite="strict",
+                           secure=secure_cookies or request.url.scheme == "https")
         return resp
 
     @app.get("/admin/api/progress")
@@ -364,8 +504,8 @@ def build_app(study: Study, engine: Engine, admin_secret: str, *, seed: int | No
     @app.post("/admin/api/invites")
     def admin_invites(request: Request, body: InviteIn):
         require_admin(request)
-        tokens = [create_rater(body.label, None) for _ in range(body.count)]
-        base = str(request.base_url).rstrip("/")
+        tokens = [create_rater(body.label, None, "invite") for _ in range(body.count)]
+        base = (public_url or "").rstrip("/")  # never the request's Host header
         return {"links": [f"{base}/r/{t}" for t in tokens]}
 
     @app.get("/admin/export.csv")
@@ -404,6 +544,7 @@ def build_app(study: Study, engine: Engine, admin_secret: str, *, seed: int | No
                         headers={"Content-Disposition": 'attachment; filename="analysis.zip"', "Cache-Control": "no-store"})
 
     app.add_middleware(BodyLimit)
+    app.add_middleware(SecurityHeaders)
     return app
 
 

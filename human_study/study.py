@@ -27,6 +27,7 @@ Example (what ``python -m human_study create`` writes)::
       clips: {bgaa8p: {reference: media/aa01...mp4, shifted: media/77e0...mp4}}
     open_enrollment: true
     max_raters: 500
+    min_watch_fraction: 0.9   # answers only after this share of the video has had time to play
     seed: 0
 """
 from __future__ import annotations
@@ -65,6 +66,9 @@ DEFAULT_INSTRUCTIONS = (
     "personal link: you will continue where you left off."
 )
 MEDIA_SUFFIXES = (".mp4", ".webm", ".m4v", ".mov")
+# The server accepts an answer only once this share of the trial's (longest) video has had time to
+# play since it first showed the trial; the rater page enables its answers only after the video ended.
+DEFAULT_MIN_WATCH = 0.9
 
 
 class StudyError(LipsyncError):
@@ -130,6 +134,7 @@ class Study:
     open_enrollment: bool = True
     max_raters: int = 1000
     seed: int = 0
+    min_watch_fraction: float = DEFAULT_MIN_WATCH
 
     # ----- derived -------------------------------------------------------------------------
     def media_path(self, rel: str) -> Path:
@@ -155,7 +160,20 @@ class Study:
                             items.append((q.id, clip.id, m, ""))
         return items
 
+    def attention_question(self) -> Question:
+        """What an attention check looks like: the wording and answers of the study's lip-sync
+        paired question (else of its first paired question), so that checks cannot be told apart
+        from scored trials; a forced choice with a plain lip-sync question in a study without
+        paired questions."""
+        paired = [q for q in self.questions if q.type == "paired"]
+        model = next((q for q in paired if q.axis == "lip_sync"), paired[0] if paired else None)
+        if model is None:
+            return Question("attention", "paired", "lip_sync", ATTENTION_TEXT, no_preference=False)
+        return Question("attention", "paired", "lip_sync", model.text, model.no_preference)
+
     def question(self, qid: str) -> Question:
+        if qid == "attention":
+            return self.attention_question()
         for q in self.questions:
             if q.id == qid:
                 return q
@@ -226,7 +244,7 @@ def parse_study(raw, *, root: Path, check_files: bool = True, where: str = "the 
     """Validate a study given as a dict; see the module docstring for the format."""
     _need(isinstance(raw, dict), f"{where} must be a mapping of settings at the top level.")
     known = {"version", "title", "instructions", "methods", "pairs", "clips", "questions", "trials_per_rater",
-             "practice_trials", "attention_checks", "open_enrollment", "max_raters", "seed"}
+             "practice_trials", "attention_checks", "open_enrollment", "max_raters", "seed", "min_watch_fraction"}
     unknown = sorted(set(raw) - known)
     _need(not unknown, f"{where} has unknown setting(s) {', '.join(map(str, unknown))}; known are {', '.join(sorted(known))}.")
     _need(raw.get("version", STUDY_FORMAT_VERSION) == STUDY_FORMAT_VERSION,
@@ -273,6 +291,7 @@ def parse_study(raw, *, root: Path, check_files: bool = True, where: str = "the 
         _need(isinstance(q, dict), f"{where}: question #{i + 1} must be a mapping.")
         qtype, axis = q.get("type"), q.get("axis")
         _need(_name_ok(q.get("id")), f"{where}: question #{i + 1} needs an 'id' (a short name).")
+        _need(q["id"] != "attention", f"{where}: the question id 'attention' is reserved for attention checks.")
         _need(qtype in QUESTION_TYPES, f"{where}: question {q['id']!r} has type {qtype!r}; use one of {', '.join(QUESTION_TYPES)}.")
         _need(axis in AXES, f"{where}: question {q['id']!r} has axis {axis!r}; use one of {', '.join(AXES)}.")
         text = q.get("text") or DEFAULT_TEXT[(qtype, axis)]
@@ -316,11 +335,15 @@ def parse_study(raw, *, root: Path, check_files: bool = True, where: str = "the 
     _need(isinstance(instructions, str) and len(instructions) <= 5000, f"{where}: 'instructions' must be text of at most 5000 characters.")
     open_enrollment = raw.get("open_enrollment", True)
     _need(isinstance(open_enrollment, bool), f"{where}: 'open_enrollment' must be true or false.")
+    min_watch = raw.get("min_watch_fraction", DEFAULT_MIN_WATCH)
+    _need(isinstance(min_watch, (int, float)) and not isinstance(min_watch, bool) and 0 <= min_watch <= 1,
+          f"{where}: 'min_watch_fraction' must be a number from 0 (no check) to 1, got {min_watch!r}.")
 
     study = Study(root=root.resolve(), title=title, instructions=instructions, methods=tuple(methods), pairs=pairs,
                   clips=tuple(clips), questions=tuple(questions), trials_per_rater=trials, practice_trials=practice,
                   attention=AttentionChecks(att_count, float(shift), dict(att_clips)),
-                  open_enrollment=open_enrollment, max_raters=max_raters, seed=seed)
+                  open_enrollment=open_enrollment, max_raters=max_raters, seed=seed,
+                  min_watch_fraction=float(min_watch))
     n_items = len(study.item_universe())
     _need(n_items > 0, f"{where}: no trial can be made: no clip has videos for a compared pair (or for a rated method).")
     _need(trials <= n_items, f"{where}: trials_per_rater is {trials} but the study has only {n_items} distinct trials; lower it or add clips.")
@@ -346,4 +369,5 @@ def study_to_dict(study: Study) -> dict:
         "attention_checks": {"count": study.attention.count, "shift_s": study.attention.shift_s,
                              "clips": {k: dict(v) for k, v in study.attention.clips.items()}},
         "open_enrollment": study.open_enrollment, "max_raters": study.max_raters, "seed": study.seed,
+        "min_watch_fraction": study.min_watch_fraction,
     }

@@ -25,6 +25,41 @@ def make_study(tmp: Path, **kw) -> Path:
     return create_study(results, tmp / "study" / "study.yaml", **kw)
 
 
+@contextmanager
+def study_client(study_file: Path, db_path: Path, **build_kw):
+    """A FastAPI TestClient on the study's app over a fresh SQLite database; ``client.engine`` is it."""
+    from fastapi.testclient import TestClient
+
+    from human_study.db import open_database
+    from human_study.server import build_app
+    from human_study.study import load_study
+
+    study = load_study(study_file)
+    engine = open_database(f"sqlite:///{db_path}", study)
+    try:
+        with TestClient(build_app(study, engine, SECRET, **build_kw)) as c:
+            c.engine = engine
+            yield c
+    finally:
+        engine.dispose()
+
+
+def join(client, **kw) -> str:
+    """A new rater through the open link; returns the token."""
+    r = client.post("/api/join", **kw)
+    assert r.status_code == 200, r.text
+    return r.json()["token"]
+
+
+def answer(client, token, state=None, submit_id=None, choice=None, plays=1):
+    """Answer the rater's current trial; returns (response, body sent)."""
+    state = state or client.get(f"/api/r/{token}/state").json()
+    t = state["trial"]
+    body = {"trial_id": t["id"], "choice": choice or t["choices"][0], "submit_id": submit_id or f"s{t['id']:08d}x",
+            "response_ms": 1234, "plays": plays}
+    return client.post(f"/api/r/{token}/rate", json=body), body
+
+
 def free_port() -> int:
     from human_study.loadtest import free_port as _free
 

@@ -152,7 +152,8 @@ def test_human_study_from_the_results(tiny_run, tmp_path):
     from human_study.study import load_study
 
     out, _ = tiny_run
-    study = load_study(create_study(out, tmp_path / "study" / "study.yaml", trials_per_rater=6, attention=1))
+    study = load_study(create_study(out, tmp_path / "study" / "study.yaml", trials_per_rater=6, attention=1,
+                                    min_watch_fraction=0))  # answers at once, after one "play"
     assert set(study.methods) == {"ground_truth", "frozen", "lipsync3d"}
     engine = open_database(f"sqlite:///{tmp_path}/r.db", study)
     with TestClient(build_app(study, engine, "x" * 20)) as c:
@@ -163,7 +164,8 @@ def test_human_study_from_the_results(tiny_run, tmp_path):
             for url in t["media"]:
                 assert c.get(url).content[4:8] == b"ftyp"  # an mp4
             r = c.post(f"/api/r/{token}/rate", json={"trial_id": t["id"], "choice": t["choices"][-1],
-                                                       "submit_id": f"sub-{t['id']:06d}", "response_ms": 10})
+                                                       "submit_id": f"sub-{t['id']:06d}", "response_ms": 10,
+                                                       "plays": 1})
             state = r.json()["state"]
     df = ratings_frame(engine)
     assert len(df) == study.practice_trials + 6 + 1 and df["is_attention"].sum() == 1

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from human_study_support import ROOT, SECRET, make_results, make_study
+from human_study_support import ROOT, SECRET, make_results, make_study, study_client
+from human_study_support import answer as _answer
+from human_study_support import join as _join
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is needed to make the study videos")
 
@@ -21,37 +23,14 @@ METHODS = ("ground_truth", "lipsync3d", "personalized_2d", "frozen")
 
 @pytest.fixture(scope="module")
 def study_file(tmp_path_factory) -> Path:
-    return make_study(tmp_path_factory.mktemp("hs"), trials_per_rater=12, practice_trials=2, attention=2)
+    return make_study(tmp_path_factory.mktemp("hs"), trials_per_rater=12, practice_trials=2, attention=2,
+                      min_watch_fraction=0)  # these tests answer at once; the viewing time has its own tests
 
 
 @pytest.fixture()
 def client(study_file, tmp_path):
-    from fastapi.testclient import TestClient
-
-    from human_study.db import open_database
-    from human_study.server import build_app
-    from human_study.study import load_study
-
-    study = load_study(study_file)
-    engine = open_database(f"sqlite:///{tmp_path}/r.db", study)
-    with TestClient(build_app(study, engine, SECRET)) as c:
-        c.engine = engine
+    with study_client(study_file, tmp_path / "r.db") as c:
         yield c
-    engine.dispose()
-
-
-def _join(client) -> str:
-    r = client.post("/api/join")
-    assert r.status_code == 200, r.text
-    return r.json()["token"]
-
-
-def _answer(client, token, state=None, submit_id=None, choice=None):
-    state = state or client.get(f"/api/r/{token}/state").json()
-    t = state["trial"]
-    body = {"trial_id": t["id"], "choice": choice or t["choices"][0], "submit_id": submit_id or f"s{t['id']:08d}x",
-            "response_ms": 1234, "plays": 1}
-    return client.post(f"/api/r/{token}/rate", json=body), body
 
 
 # ----- study files -------------------------------------------------------------------------------
@@ -116,24 +95,6 @@ def test_study_validation(study_file, tmp_path, edit, message):
     assert "\n" not in str(err.value)
 
 
-def test_study_symlink_out_of_folder_is_refused(study_file, tmp_path):
-    from human_study.study import StudyError, load_study
-
-    outside = tmp_path / "secret.mp4"
-    outside.write_bytes(b"x")
-    link = study_file.parent / "media" / "link.mp4"
-    link.symlink_to(outside)
-    try:
-        raw = yaml.safe_load(study_file.read_text())
-        raw["clips"][0]["videos"]["lipsync3d"] = "media/link.mp4"
-        bad = study_file.parent / "bad_link.yaml"
-        bad.write_text(yaml.safe_dump(raw))
-        with pytest.raises(StudyError, match="outside the study folder"):
-            load_study(bad)
-    finally:
-        link.unlink()
-
-
 def test_yaml_syntax_error(tmp_path):
     from human_study.study import StudyError, load_study
 
@@ -194,10 +155,10 @@ def test_migration_from_first_schema_keeps_ratings(tmp_path):
                        "created_at, app_version) VALUES (1, 1, 1, 'sub1', 'left', 'a', 900, '2026-01-01', 'v0')"))
     engine.dispose()
     engine = open_database(url)
-    assert current_revision(engine) == "0002"
+    assert current_revision(engine) == "0003"
     df = ratings_frame(engine)
     assert len(df) == 1 and df.loc[0, "chosen_method"] == "a" and df.loc[0, "response_ms"] == 900
-    assert df["plays"].isna().all()
+    assert df["plays"].isna().all() and df["viewed_ms"].isna().all() and df["first_shown_at"].isna().all()
 
 
 def test_schema_matches_models(tmp_path):
@@ -280,89 +241,7 @@ def test_trials_never_reveal_methods(client):
         text, state = r.text, r.json()["state"]  # the answer carries the next state
 
 
-def test_raters_are_isolated(client):
-    a, b = _join(client), _join(client)
-    ta = client.get(f"/api/r/{a}/state").json()["trial"]
-    # b cannot answer, nor fetch the media of, a's trial
-    body = {"trial_id": ta["id"], "choice": ta["choices"][0], "submit_id": "intruder-1", "response_ms": 5}
-    assert client.post(f"/api/r/{b}/rate", json=body).status_code == 404
-    assert client.get(f"/media/{b}/{ta['id']}/0").status_code == 404
-    assert client.get(ta["media"][0].replace(a, "x" * 32)).status_code == 404
-    # a's state is untouched
-    assert client.get(f"/api/r/{a}/state").json()["progress"]["practice_done"] == 0
-    # unknown and malformed tokens
-    assert client.get("/api/r/" + "A" * 32 + "/state").status_code == 404
-    assert client.get("/api/r/short/state").status_code == 404
-    assert client.get("/r/" + "B" * 32).status_code == 404
-
-
-@pytest.mark.parametrize("path", [
-    "/media/{t}/{i}/2", "/media/{t}/{i}/-1", "/media/{t}/../../etc/passwd", "/media/{t}/{i}/..%2F..%2Fstudy.yaml",
-    "/media/..%2F..%2Fetc%2Fpasswd", "/media/{t}/%2Fetc%2Fpasswd/0", "/media//etc/passwd", "/static/../study.yaml",
-    "/media/{t}/{i}/0/../../../../etc/passwd",
-])
-def test_media_is_confined_to_the_study(client, path):
-    t = _join(client)
-    i = client.get(f"/api/r/{t}/state").json()["trial"]["id"]
-    r = client.get(path.format(t=t, i=i))
-    assert r.status_code in (404, 422, 400), (path, r.status_code)
-    assert b"root:" not in r.content and b"methods:" not in r.content
-
-
-def test_tampered_trial_media_path_is_not_served(client, tmp_path):
-    """Even a database row pointing outside the study (a bug or tampering) cannot serve that file."""
-    from sqlalchemy import update
-
-    from human_study.db import Trial
-
-    t = _join(client)
-    i = client.get(f"/api/r/{t}/state").json()["trial"]["id"]
-    with client.engine.begin() as c:
-        c.execute(update(Trial).where(Trial.id == i).values(media_left="../../../../etc/passwd"))
-    r = client.get(f"/media/{t}/{i}/0")
-    assert r.status_code == 404 and b"root:" not in r.content
-
-
-@pytest.mark.parametrize("body, status", [
-    (b"not json", 400), (b"{}", 400), (b'{"trial_id": "x", "choice": "left", "submit_id": "abcdefgh", "response_ms": 1}', 400),
-    (b'{"trial_id": 1, "choice": "left", "submit_id": "a b c d e f", "response_ms": 1}', 400),
-    (b'{"trial_id": 1, "choice": "left", "submit_id": "abcdefgh", "response_ms": 1, "extra": 1}', 400),
-    (b'{"trial_id": 1, "choice": "left", "submit_id": "abcdefgh", "response_ms": -5}', 400),
-    (b"x" * 20000, 413),
-])
-def test_malformed_requests_get_4xx_and_others_carry_on(client, body, status):
-    a, b = _join(client), _join(client)
-    r = client.post(f"/api/r/{a}/rate", content=body, headers={"content-type": "application/json"})
-    assert r.status_code == status, r.text
-    assert "Traceback" not in r.text
-    ok, _ = _answer(client, b)
-    assert ok.status_code == 200
-
-
-def test_streamed_oversized_body_is_refused(client):
-    token = _join(client)
-
-    def chunks():
-        for _ in range(40):
-            yield b"x" * 1024
-
-    r = client.post(f"/api/r/{token}/rate", content=chunks(), headers={"content-type": "application/json"})
-    assert r.status_code == 413
-
-
 # ----- admin -------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("path", ["/admin/api/progress", "/admin/export.csv", "/admin/export.parquet",
-                                  "/admin/analysis.zip"])
-def test_admin_endpoints_need_the_secret(client, path):
-    assert client.get(path).status_code == 401
-    assert client.get(path, headers={"Authorization": "Bearer wrong-secret-000000000"}).status_code == 401
-    assert client.get(path + f"?secret={SECRET}").status_code == 401  # never in a URL
-    client.cookies.set("hs_admin", SECRET)  # the cookie is not the secret itself
-    assert client.get(path).status_code == 401
-    client.cookies.clear()
-    assert client.post("/admin/api/invites", json={"count": 1}).status_code == 401
-
 
 def test_admin_login_progress_invites_and_exports(client):
     import io

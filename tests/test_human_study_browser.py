@@ -191,6 +191,7 @@ def test_desktop_full_run_with_resume_then_admin(browser, server):
     page = ctx.new_page()
     page_errors: list[str] = []
     page.on("pageerror", lambda e: page_errors.append(str(e)))
+    page.on("console", lambda m: page_errors.append(m.text) if "Content Security Policy" in m.text else None)
     try:
         _start(page, server)
         _assert_blind(page)

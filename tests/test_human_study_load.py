@@ -30,7 +30,8 @@ ARTIFACTS = ROOT / "test-artifacts" / "human_study"
 
 @pytest.fixture(scope="module")
 def study_file(tmp_path_factory) -> Path:
-    return make_study(tmp_path_factory.mktemp("hsload"), trials_per_rater=TRIALS, practice_trials=2, attention=2)
+    return make_study(tmp_path_factory.mktemp("hsload"), trials_per_rater=TRIALS, practice_trials=2, attention=2,
+                      min_watch_fraction=0)  # simulated raters answer at once
 
 
 def _answers(study_file) -> int:
