@@ -346,3 +346,19 @@ def test_sessions_come_only_from_well_formed_tokens(demo):
     assert jobs.session_dir(cfg, a).name == hashlib.sha256(f"lipsync-demo-session:{a['token']}".encode()).hexdigest()[:32]
     again = handlers.start(cfg, a["token"])
     assert again[0]["token"] == a["token"]
+
+
+def test_other_sessions_speakers_are_out_of_reach(demo):
+    _, cfg = demo
+    owner, other = jobs.new_session(cfg), jobs.new_session(cfg)
+    folder = jobs.session_dir(cfg, owner) / "speakers" / "sp-0123456789ab"
+    folder.mkdir(parents=True)
+    shutil.copyfile(GRID_CLIP, folder / "video.mpg")
+    (folder / "meta.json").write_text(json.dumps({"name": "Owner", "video": "video.mpg", "created": 0}))
+    assert "sp-0123456789ab" in [sid for _, sid in jobs.list_speakers(cfg, owner)]
+    assert "sp-0123456789ab" not in [sid for _, sid in jobs.list_speakers(cfg, other)]
+    key = jobs.session_dir(cfg, owner).name
+    for sid in ("sp-0123456789ab", f"../{key}/speakers/sp-0123456789ab", f"../../sessions/{key}"):
+        with pytest.raises(LipsyncError, match="not in this session"):
+            jobs.get_speaker(cfg, other, sid)
+

@@ -361,13 +361,13 @@ def test_security_headers_and_no_inline_scripts(client):
 
 
 def test_ratings_database_is_private(study_file, tmp_path):
+    """The database holds every rater's personal token: only its owner may read it (WAL files too)."""
     with study_client(study_file, tmp_path / "r.db") as c:
-        join(c)
-    for name in ("r.db", "r.db-wal", "r.db-shm"):
-        path = tmp_path / name
-        if path.exists():
-            assert stat.S_IMODE(path.stat().st_mode) == 0o600, (name, oct(path.stat().st_mode))
-    assert (tmp_path / "r.db").exists()
+        join(c)  # a write, so the WAL and shared-memory files exist now
+        files = [tmp_path / n for n in ("r.db", "r.db-wal", "r.db-shm")]
+        assert all(f.exists() for f in files)
+        for f in files:
+            assert stat.S_IMODE(f.stat().st_mode) == 0o600, (f.name, oct(f.stat().st_mode))
 
 
 def test_invite_links_never_come_from_the_host_header(quick_study, tmp_path):
