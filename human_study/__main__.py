@@ -99,9 +99,10 @@ def cmd_serve(args) -> None:
     secret, secret_file = _read_secret(args.admin_secret_file, Path(args.study))
     code = _read_code(args.enrollment_code_file)
     host = f"[{args.host}]" if ":" in args.host else args.host
-    public_url = (args.public_url or f"http://{host}:{args.port}").rstrip("/")
-    app = build_app(study, engine, secret, public_url=public_url, secure_cookies=args.secure_cookies,
+    # invite links: --public-url, else completed by the admin page with the address it was opened at
+    app = build_app(study, engine, secret, public_url=args.public_url, secure_cookies=args.secure_cookies,
                     enrollment_code=code, joins_per_client_hour=args.join_rate)
+    public_url = (args.public_url or f"http://{host}:{args.port}").rstrip("/")
     print(f"study {study.title!r}: {len(study.item_universe())} distinct trials, {study.trials_per_rater} per rater")
     print(f"database: {engine.url.render_as_string(hide_password=True)}")
     if not study.open_enrollment:
@@ -190,11 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--port", type=int, default=7870)
     s.add_argument("--admin-secret-file", help="file holding the admin secret (default: STUDY_DIR/admin_secret.txt, made if missing)")
     s.add_argument("--public-url", help="the address raters use, e.g. https://study.example.org (invite links start "
-                                       "with it; default: http://HOST:PORT)")
+                                       "with it; default: the address the admin page is opened at)")
     s.add_argument("--enrollment-code-file", help="file holding a code that joining through the open link needs "
                                                   "(share the link as PUBLIC_URL/?code=CODE)")
     s.add_argument("--join-rate", type=float, default=JOINS_PER_CLIENT_HOUR,
-                   help="open-link joins allowed per client address per hour (0: no limit)")
+                   help="open-link joins allowed per client address per hour (raise it for raters who share an "
+                        "address, e.g. a lab behind NAT; 0: no limit)")
     s.add_argument("--secure-cookies", action="store_true",
                    help="mark the admin cookie Secure (set it when the server is reached over HTTPS)")
     s.add_argument("--forwarded-allow-ips", help="addresses of reverse proxies whose X-Forwarded-For/-Proto to "

@@ -211,6 +211,31 @@ def test_enrollment_code(quick_study, tmp_path):
         assert join(c, json={"code": "orchid-41"})
 
 
+def test_serve_with_an_enrollment_code_file(quick_study, tmp_path):
+    import subprocess
+    import sys
+
+    from human_study.loadtest import free_port, start_server, stop_server
+    from human_study_support import ROOT
+
+    r = subprocess.run([sys.executable, "-m", "human_study", "serve", "--study", str(quick_study),
+                        "--enrollment-code-file", str(tmp_path / "missing.txt")], capture_output=True, text=True,
+                       cwd=ROOT, timeout=60)
+    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "code.txt").write_text("orchid-41\n")
+    (tmp_path / "secret.txt").write_text(SECRET)
+    port = free_port()
+    proc = start_server(quick_study, f"sqlite:///{tmp_path}/r.db", port, tmp_path / "log", tmp_path / "secret.txt",
+                        extra_args=("--enrollment-code-file", str(tmp_path / "code.txt")))
+    try:
+        base = f"http://127.0.0.1:{port}"
+        assert httpx.get(base + "/api/study").json()["needs_code"] is True
+        assert httpx.post(base + "/api/join").status_code == 403
+        assert httpx.post(base + "/api/join", json={"code": "orchid-41"}).status_code == 200
+    finally:
+        stop_server(proc)
+
+
 def test_full_study_and_abandoned_joins_give_places_back(quick_study, tmp_path):
     from sqlalchemy import update
 
