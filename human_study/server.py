@@ -433,8 +433,12 @@ def build_app(study: Study, engine: Engine, admin_secret: str, *, seed: int | No
                                 response_ms=body.response_ms, plays=body.plays, viewed_ms=int(viewed_s * 1000),
                                 app_version=APP_VERSION)
                 s.add(rating)
-                if nxt.position == s.scalar(select(func.max(Trial.position)).where(Trial.rater_id == rater.id)):
+                following = s.scalar(select(Trial).where(Trial.rater_id == rater.id, Trial.position > nxt.position)
+                                     .order_by(Trial.position).limit(1))
+                if following is None:
                     rater.finished_at = utcnow()
+                elif following.first_shown_at is None:
+                    following.first_shown_at = utcnow()  # the reply shows it: its viewing time starts now
                 try:
                     s.commit()
                 except IntegrityError:  # a concurrent duplicate won the race (PostgreSQL)
@@ -443,7 +447,7 @@ def build_app(study: Study, engine: Engine, admin_secret: str, *, seed: int | No
                     if existing is None:
                         raise
                     return _duplicate(s, rater, existing, body)
-                return {"ok": True, "rating_id": rating.id, "duplicate": False, "state": shown_state(s, rater)}
+                return {"ok": True, "rating_id": rating.id, "duplicate": False, "state": state(s, rater)}
 
     def _duplicate(s: Session, rater: Rater, existing: Rating, body: RateIn):
         if existing.submit_id == body.submit_id or existing.choice == body.choice:
