@@ -220,16 +220,6 @@ def build_app(study: Study, engine: Engine, admin_secret: str, *, seed: int | No
             }
         return out
 
-    def shown_state(s: Session, rater: Rater) -> dict:
-        """``state`` for an answer's reply, which shows the next trial: the caller holds the write lock."""
-        out = state(s, rater)
-        if out["trial"] is not None:
-            t = s.get(Trial, out["trial"]["id"])
-            if t.first_shown_at is None:
-                t.first_shown_at = utcnow()
-                s.commit()
-        return out
-
     def mark_shown(token: str, trial_id: int) -> None:
         with write_lock, Session(engine) as s:
             t = s.get(Trial, trial_id)
@@ -451,7 +441,7 @@ def build_app(study: Study, engine: Engine, admin_secret: str, *, seed: int | No
 
     def _duplicate(s: Session, rater: Rater, existing: Rating, body: RateIn):
         if existing.submit_id == body.submit_id or existing.choice == body.choice:
-            return {"ok": True, "rating_id": existing.id, "duplicate": True, "state": shown_state(s, rater)}
+            return {"ok": True, "rating_id": existing.id, "duplicate": True, "state": state(s, rater)}
         raise HTTPException(409, "this trial is already answered")
 
     @app.get("/media/{token}/{trial_id}/{slot}")
