@@ -303,6 +303,8 @@ def loss_plot(job: jobs.TrainJob | None, folder: Path):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from lipsync.training import log_loss_axis
+
     df = loss_frame(job, folder)
     fig = Figure(figsize=(9, 3.2), dpi=100)
     FigureCanvasAgg(fig)
@@ -313,7 +315,7 @@ def loss_plot(job: jobs.TrainJob | None, folder: Path):
         color, ls = styles.get(label, (None, "-"))
         ax.plot(part["step"], part["loss"], ls, color=color, label=label, marker="o" if ls == "--" else None, ms=3)
     if len(df):
-        ax.set_yscale("log")
+        log_loss_axis(ax)  # plain tick labels: training may be drawing its own plot in another thread
         ax.legend(fontsize=8, ncol=2)
     else:
         ax.text(0.5, 0.5, "no training yet", ha="center", va="center", transform=ax.transAxes, color="grey")

@@ -19,6 +19,16 @@ def _grid(images: list[np.ndarray], cols: int = 4, pad: int = 2) -> np.ndarray:
     return out
 
 
+def _figure(rows: int, cols: int, *, figsize, **subplots):
+    """A matplotlib figure and its axes, without pyplot (whose global state is not safe across threads)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(rows, cols, **subplots)
+
+
 def _save_png(path: Path, rgb: np.ndarray) -> None:
     import cv2
 
@@ -59,11 +69,6 @@ def write_previews(folder: Path, *, topo: FaceTopology, landmarks: np.ndarray, r
                    skin: np.ndarray, face_area: np.ndarray, valid: np.ndarray, euler: np.ndarray, fps: float, atlas_path: Path,
                    mouth: np.ndarray) -> dict:
     """Write the PNGs; returns {name: relative path}."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
     # 1. the mesh on the reference frame
@@ -95,7 +100,7 @@ def write_previews(folder: Path, *, topo: FaceTopology, landmarks: np.ndarray, r
         rows = ok[start:start + 512]
         g = lighting.gains[rows].reshape(-1, basis_t.shape[0]) @ basis_t  # (B*3, N)
         mean_gain[rows] = np.exp(g).mean(1).reshape(len(rows), 3)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4), gridspec_kw={"width_ratios": [3, 1]})
+    fig, axes = _figure(1, 2, figsize=(11, 3.4), gridspec_kw={"width_ratios": [3, 1]})
     for ch, col in enumerate(("tab:red", "tab:green", "tab:blue")):
         axes[0].plot(t, mean_gain[:, ch], color=col, lw=1, label="RGB"[ch])
     axes[0].set_xlabel("time (s)")
@@ -111,10 +116,9 @@ def write_previews(folder: Path, *, topo: FaceTopology, landmarks: np.ndarray, r
     fig.colorbar(im, ax=axes[1], fraction=0.046)
     fig.tight_layout()
     fig.savefig(folder / "lighting.png", dpi=110)
-    plt.close(fig)
     out["lighting"] = "previews/lighting.png"
     # 4. head pose and mouth opening over time
-    fig, axes = plt.subplots(2, 1, figsize=(11, 4.6), sharex=True)
+    fig, axes = _figure(2, 1, figsize=(11, 4.6), sharex=True)
     for k, name in enumerate(("yaw", "pitch", "roll")):
         axes[0].plot(t, euler[:, k], lw=1, label=name)
     axes[0].set_ylabel("degrees")
@@ -132,7 +136,6 @@ def write_previews(folder: Path, *, topo: FaceTopology, landmarks: np.ndarray, r
     axes[1].grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(folder / "pose.png", dpi=110)
-    plt.close(fig)
     out["pose"] = "previews/pose.png"
     return out
 

@@ -225,28 +225,46 @@ def _atomic_torch_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _write_plot(folder: Path, rows: list[dict]) -> None:
-    import matplotlib
+def log_loss_axis(ax) -> None:
+    """Put ``ax``'s y axis on a log scale with plain-text tick labels.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    matplotlib's default log labels are mathtext, and its mathtext parser is one object shared by
+    all threads: two threads drawing at once (training writes its plot while the demo draws the
+    live loss curve) make it fail. Plain labels ("0.01", "0.1") never reach that parser.
+    """
+    from matplotlib.ticker import FuncFormatter
+
+    def minor(v, _):  # label the minor ticks only when less than a decade is shown
+        lo, hi = ax.get_ylim()
+        return f"{v:.2g}" if lo > 0 and hi / lo < 10 else ""
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(minor))
+
+
+def _write_plot(folder: Path, rows: list[dict]) -> None:
+    """The loss curves as a PNG; drawn without pyplot, whose global state is not safe across threads."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     if not rows:
         return
     steps = [r["step"] for r in rows]
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.4))
+    fig = Figure(figsize=(10, 3.4))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots(1, 2)
     for k, (tr, va) in enumerate((("train_geometry", "val_geometry"), ("train_texture", "val_texture"))):
         ax[k].plot(steps, [r[tr] for r in rows], label="train")
         ax[k].plot(steps, [r[va] for r in rows], label="validation")
         ax[k].set_title(tr.split("_")[1])
         ax[k].set_xlabel("step")
-        ax[k].set_yscale("log")
+        log_loss_axis(ax[k])
         ax[k].grid(alpha=0.3)
         ax[k].legend()
     fig.tight_layout()
     tmp = folder / f".{PLOT}.tmp-{os.getpid()}.png"
     fig.savefig(tmp, dpi=100)
-    plt.close(fig)
     os.replace(tmp, folder / PLOT)
 
 

@@ -161,3 +161,23 @@ def test_bad_model_folders_are_refused(tiny_model, tmp_path):
     (damaged / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(LipsyncError, match="damaged or incomplete"):
         load_model(damaged)
+
+
+def test_loss_plots_never_use_mathtext():
+    """matplotlib's mathtext parser is shared by all threads and fails when two draw at once (the
+    training thread's loss plot and the demo's live curve did); the loss axes label in plain text."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from lipsync.training import log_loss_axis
+
+    for values in ([0.034, 0.03, 0.028], [0.5, 0.05, 0.002]):
+        fig = Figure()
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        ax.plot([1, 2, 3], values)
+        log_loss_axis(ax)
+        fig.canvas.draw()
+        labels = [t.get_text() for t in ax.get_yticklabels() + ax.yaxis.get_minorticklabels()]
+        assert not any("$" in t for t in labels), labels
+        assert any(t for t in labels), "the axis still has labels"
