@@ -14,6 +14,7 @@
   // the invitation's link may carry the code (/?code=...); otherwise the rater types it
   const given = new URLSearchParams(location.search).get('code');
   if (info.needs_code) { $('code-row').hidden = false; if (given) $('code').value = given; }
+  start.disabled = false;  // enabled once the page knows how to join (a click before then did nothing)
   start.onclick = async () => {
     start.disabled = true;
     const payload = info.needs_code ? {code: $('code').value.trim()} : {};
