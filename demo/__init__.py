@@ -1,1 +1,1 @@
-"""The Gradio demo (issue 5): upload footage and audio, train, synthesize, compare with baselines."""
+"""The Gradio demo: upload footage and audio, train, synthesize, compare with baselines."""

@@ -32,8 +32,6 @@ import numpy as np
 
 from .core import RunContext, Sample, TestClip, Unavailable, content_key, file_digest, frame_schedule, read_video
 
-ALL_METHODS = ("ground_truth", "lipsync3d", "no_lighting_norm", "no_pose_norm", "no_autoregression", "frozen",
-               "personalized_2d", "external", "wav2lip_checkpoint")
 # methods that run unless --methods says otherwise: everything that needs nothing from the user
 DEFAULT_METHODS = ("ground_truth", "lipsync3d", "no_lighting_norm", "no_pose_norm", "no_autoregression", "frozen",
                    "personalized_2d")
@@ -151,7 +149,7 @@ def _jsonable(x):
     return x
 
 
-def _metric_settings_key(metric, settings: dict) -> dict:
+def _metric_settings_key(settings: dict) -> dict:
     # weights paths matter by content; other settings by value
     return {k: (Path(v) if isinstance(v, str) and Path(v).is_file() else v) for k, v in sorted(settings.items())}
 
@@ -186,7 +184,7 @@ def compute_metric(metric, lazy: LazySample, settings: dict):
     from .core import MetricValue
 
     key = content_key(metric.name, lazy.video_key, lazy.clip_key, lazy.with_reference,
-                      _metric_settings_key(metric, settings), RESULTS_VERSION)
+                      _metric_settings_key(settings), RESULTS_VERSION)
     lazy.workdir.mkdir(parents=True, exist_ok=True)
     path = lazy.workdir / f"{metric.name}-{key}.json"
     if path.is_file():

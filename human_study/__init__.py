@@ -1,3 +1,3 @@
-"""Human rating studies against baselines: define, serve, store, analyse (issue 6)."""
+"""Human rating studies against baselines: define, serve, store, analyse."""
 
 __version__ = "0.1.0"

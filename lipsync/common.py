@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,7 +87,3 @@ def setup_cache_env(root: Path | None = None) -> None:
     # MediaPipe/absl/TensorFlow Lite log noise on stderr is not useful to our users.
     os.environ.setdefault("GLOG_minloglevel", "2")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-
-def as_float32(x) -> np.ndarray:
-    return np.ascontiguousarray(x, dtype=np.float32)

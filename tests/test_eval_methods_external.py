@@ -392,7 +392,7 @@ def test_external_errors(tmp_path, grid_clip, grid_wav):
     from eval.methods import get_method
 
     cls = get_method("external")
-    with pytest.raises(Unavailable, match="--external-dir"):
+    with pytest.raises(Unavailable, match="--external FOLDER"):
         cls(make_ctx(tmp_path)).check()
     with pytest.raises(Unavailable, match="does not exist"):
         cls(make_ctx(tmp_path, external_dir=str(tmp_path / "absent"))).check()

@@ -99,7 +99,7 @@ class External(Method):
     def _folder(self) -> Path:
         given = self.ctx.options.get("external_dir")
         if not given:
-            raise Unavailable("no folder of external results was given; give one with --external-dir FOLDER (one video per test clip, named after the clip).")
+            raise Unavailable("no folder of external results was given; give one with --external FOLDER (one video per test clip, named after the clip).")
         folder = Path(given).expanduser()
         if not folder.exists():
             raise Unavailable(f"the external results folder {folder} does not exist.")

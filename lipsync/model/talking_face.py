@@ -74,9 +74,9 @@ class TalkingFaceModel(nn.Module):
         return verts, crop
 
     @torch.no_grad()
-    def rollout(self, windows: torch.Tensor, *, starts: torch.Tensor | None = None, chunk: int = 1):
+    def rollout(self, windows: torch.Tensor):
         """Auto-regressive inference over a sequence: each frame is conditioned on the previous
-        frame's own prediction. ``starts`` (bool (T,)) restarts from the reference crop (cuts).
+        frame's own prediction (the first on the reference crop).
 
         Returns vertices (T, V, 3) and crops (T, 3, H, W). Geometry does not depend on the previous
         frame, so it is computed for all frames at once.
@@ -87,8 +87,6 @@ class TalkingFaceModel(nn.Module):
         crops = torch.empty(len(z), *self.reference_crop.shape)
         prev = self.reference_crop[None]
         for t in range(len(z)):
-            if starts is not None and bool(starts[t]):
-                prev = self.reference_crop[None]
             code = self._code(prev)
             cur = (self.reference_crop + self.texture(torch.cat([z[t:t + 1], code], 1))).clamp(0.0, 1.0)
             crops[t] = cur[0]
