@@ -50,21 +50,20 @@ def store_video(src: Path, folder: Path, stem: str = "video") -> Path:
     """
     from lipsync.media import _tool, probe
 
+    from lipsync.files import atomic_file
+
     suffix = CONTAINER_SUFFIX.get(probe(src).container)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{stem}.partial"
-    if suffix is not None:
-        shutil.copyfile(src, tmp)
-    else:
-        suffix = ".mkv"
-        proc = subprocess.run([_tool("ffmpeg"), "-nostdin", "-v", "error", "-y", "-i", path_arg(src), "-map", "0",
-                               "-c", "copy", "-f", "matroska", path_arg(tmp)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            tmp.unlink(missing_ok=True)
-            raise LipsyncError("the video's format cannot be stored as it is; convert it to mp4 first "
-                               "(e.g. 'ffmpeg -i IN -c:v libx264 -c:a aac OUT.mp4').")
-    target = folder / f"{stem}{suffix}"
-    tmp.replace(target)
+    target = folder / f"{stem}{suffix or '.mkv'}"
+    with atomic_file(target) as tmp:
+        if suffix is not None:
+            shutil.copyfile(src, tmp)
+        else:
+            proc = subprocess.run([_tool("ffmpeg"), "-nostdin", "-v", "error", "-y", "-i", path_arg(src), "-map", "0",
+                                   "-c", "copy", "-f", "matroska", path_arg(tmp)], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise LipsyncError("the video's format cannot be stored as it is; convert it to mp4 first "
+                                   "(e.g. 'ffmpeg -i IN -c:v libx264 -c:a aac OUT.mp4').")
     return target
 
 

@@ -36,7 +36,7 @@ DEFAULT_BASELINES = ["ground_truth", "frozen", "personalized_2d"]
 
 def comparison_clip(speaker: jobs.Speaker, cache: Path, progress):
     """(training prepared clip with the raw atlas, the test clip), both cached."""
-    from eval.core import content_key
+    from lipsync.files import content_key
     from eval.protocol import clip_from, prepare_cached, write_segment
     from lipsync.prepared import open_prepared
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import gradio as gr
 
 from lipsync.common import LipsyncError
+from lipsync.files import atomic_write_text
 
 from . import jobs
 from .checks import check_audio, check_name, check_text, check_video, shown_name
@@ -138,7 +139,7 @@ def _ensure_prepared(speaker: jobs.Speaker, progress, label: str = "", shown: st
 
 
 def _example_output_dir(cfg: DemoConfig, text: str) -> Path:
-    from eval.core import content_key
+    from lipsync.files import content_key
     from lipsync.synthesis import RENDER_VERSION
 
     speaker = jobs.example_speaker(cfg)
@@ -187,7 +188,7 @@ def run_example(cfg: DemoConfig, session: dict, text: str, progress=gr.Progress(
         summary = load_model(folder).synthesize(out=video, audio=speech, mesh=mesh, blendshapes=out / "blendshapes.csv",
                                                 progress=stage_progress(progress, "3/3 synthesize: "))
         summary["wall_s"] = round(time.perf_counter() - t0, 1)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))  # marks the cache entry done
         cached = (*_result_files(out), _synthesis_status(summary) + f" Preprocessing, training and synthesis "
                   f"took {summary['wall_s']:.0f} s; the next visit shows this at once.")
     return (session, speaker_choices(cfg, session), model_choices(cfg, session), *cached)

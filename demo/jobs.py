@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from lipsync.common import LipsyncError
+from lipsync.files import atomic_write_text
 
 from .config import EXAMPLE_NAME, EXAMPLE_STEPS, EXAMPLE_VIDEO, DemoConfig
 
@@ -110,7 +111,7 @@ class Speaker:
 
 
 def example_speaker(cfg: DemoConfig) -> Speaker:
-    from eval.core import content_key
+    from lipsync.files import content_key
     from lipsync import __version__
     from lipsync.preprocessing import PreprocessOptions
 
@@ -150,7 +151,7 @@ def list_speakers(cfg: DemoConfig, session: dict) -> list[tuple[str, str]]:
 def add_speaker(cfg: DemoConfig, session: dict, video: Path, name: str, *, uploaded_as: str) -> Speaker:
     """Copy an uploaded (checked) video into the session as a speaker (the same video again: the
     same speaker). ``name``: checked by ``checks.check_name``; ``uploaded_as``: the shown file name."""
-    from eval.core import file_digest
+    from lipsync.files import file_digest
 
     sid = f"sp-{file_digest(video)[:12]}"
     folder = _speakers_root(cfg, session) / sid
@@ -158,14 +159,14 @@ def add_speaker(cfg: DemoConfig, session: dict, video: Path, name: str, *, uploa
         meta = json.loads((folder / "meta.json").read_text())
         if name and name != meta["name"]:
             meta["name"] = name
-            (folder / "meta.json").write_text(json.dumps(meta, indent=2))
+            atomic_write_text(folder / "meta.json", json.dumps(meta, indent=2))
         return get_speaker(cfg, session, sid)
     from .checks import store_video
 
     target = store_video(video, folder, "video")  # named by the server from the probed container
     meta = {"name": name or Path(uploaded_as).stem or sid, "video": target.name, "uploaded_as": uploaded_as,
             "created": time.time()}
-    (folder / "meta.json").write_text(json.dumps(meta, indent=2))
+    atomic_write_text(folder / "meta.json", json.dumps(meta, indent=2))
     return get_speaker(cfg, session, sid)
 
 
@@ -184,7 +185,7 @@ def train_options(preset: str):
 
 
 def model_dir(speaker: Speaker, preset: str) -> Path:
-    from eval.core import content_key
+    from lipsync.files import content_key
 
     return speaker.folder / "models" / f"{preset}-{content_key(asdict(train_options(preset)))[:10]}"
 

@@ -9,15 +9,12 @@ cross-audio runs where there is none, judge it on its own.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-Progress = Callable[[str, int, int], None]
+from lipsync.common import Progress
 
 # H.264 quality of every method's output video (and of the test clips cut from a longer video):
 # the same for all methods, and close enough to lossless (~48 dB) not to mask their differences
@@ -112,31 +109,6 @@ class MetricValue:
     value: float
     per_frame: np.ndarray | None = None
     extra: dict = field(default_factory=dict)
-
-
-def file_digest(path: Path, *, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's content (hex, first 16 characters)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
-def content_key(*parts) -> str:
-    """A short stable hash of JSON-serializable parts (paths are hashed by content)."""
-    def norm(x):
-        if isinstance(x, Path):
-            return {"file": file_digest(x)} if x.is_file() else {"path": str(x)}
-        if isinstance(x, dict):
-            return {str(k): norm(v) for k, v in sorted(x.items())}
-        if isinstance(x, (list, tuple)):
-            return [norm(v) for v in x]
-        return x
-    return hashlib.sha256(json.dumps([norm(p) for p in parts], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def read_video(path: Path, folder: Path | None = None) -> np.ndarray:

@@ -18,7 +18,9 @@ import numpy as np
 
 from lipsync.common import LipsyncError
 
-from .core import EVAL_CRF, Progress, TestClip, content_key
+from lipsync.files import content_key
+
+from .core import EVAL_CRF, Progress, TestClip
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".mpg", ".mpeg", ".webm", ".m4v")
 

@@ -3,10 +3,11 @@ and the paper's claims checked, ``plots/*.png`` and ``side_by_side.mp4``."""
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import numpy as np
+
+from lipsync.files import atomic_file, atomic_write_text
 
 from .core import EVAL_CRF, Progress, TestClip
 
@@ -132,10 +133,9 @@ def _plt():
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     _plt().close(fig)
-    os.replace(tmp, path)
 
 
 def plot_metrics(doc: dict, path: Path) -> bool:
@@ -233,8 +233,7 @@ def side_by_side(out: Path, videos: dict[str, list[Path]], audios: list[Path], f
 # ---------------------------------------------------------------------------------------------
 
 def write_csv(path: Path, doc: dict) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["setting", "method", "metric", "value", "ci95_low", "ci95_high", "better", "unit", "unavailable"])
         for setting, res in (("self_reenactment", doc["results"]), ("cross_audio", doc.get("cross_audio") or {})):
@@ -244,7 +243,6 @@ def write_csv(path: Path, doc: dict) -> None:
                     ci = e.get("ci95") or [None, None]
                     w.writerow([setting, m, k, e.get("value"), ci[0], ci[1], meta.get("better"), meta.get("unit"),
                                 e.get("unavailable", "")])
-    os.replace(tmp, path)
 
 
 def write_report(path: Path, doc: dict, claims: list[dict], plots: list[str]) -> None:
@@ -308,9 +306,7 @@ def write_report(path: Path, doc: dict, claims: list[dict], plots: list[str]) ->
         L += ["", "Side-by-side video of the methods: [side_by_side.mp4](side_by_side.mp4)."]
     t = doc.get("timings_s", {})
     L += ["", "## Timings", "", ", ".join(f"{k} {v:.0f} s" for k, v in t.items()) + f" on {doc['machine']['cpus']} CPU cores.", ""]
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(L))
-    os.replace(tmp, path)
+    atomic_write_text(path, "\n".join(L), what="report")
 
 
 def _floats(values) -> np.ndarray:

@@ -30,7 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import RunContext, Sample, TestClip, Unavailable, content_key, file_digest, frame_schedule, read_video
+from lipsync.files import atomic_write_text, content_key, file_digest
+
+from .core import RunContext, Sample, TestClip, Unavailable, frame_schedule, read_video
 
 # methods that run unless --methods says otherwise: everything that needs nothing from the user
 DEFAULT_METHODS = ("ground_truth", "lipsync3d", "no_lighting_norm", "no_pose_norm", "no_autoregression", "frozen",
@@ -196,11 +198,9 @@ def compute_metric(metric, lazy: LazySample, settings: dict):
     try:
         v = metric.compute(lazy.get(), settings)
     except Unavailable as err:
-        path.write_text(json.dumps({"unavailable": str(err)}))
+        atomic_write_text(path, json.dumps({"unavailable": str(err)}))
         raise
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(_jsonable({"value": v.value, "per_frame": v.per_frame, "extra": v.extra})))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(_jsonable({"value": v.value, "per_frame": v.per_frame, "extra": v.extra})))
     return v
 
 
@@ -219,10 +219,7 @@ def plot_data(lazy: LazySample) -> dict:
     if sample.reference is not None:
         ref = track_landmarks(sample.reference, sample.fps, sample.workdir)
         d["reference_mouth"] = mouth_series(ref, sample.canonical)
-    lazy.workdir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(_jsonable(d)))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(_jsonable(d)))
     return json.loads(path.read_text())
 
 
@@ -244,7 +241,7 @@ def _render_cached(method, clip: TestClip, audio: Path, out: Path, fit_info: dic
     t0 = time.perf_counter()
     info = method.render(clip, audio, out)
     d = {"key": key, "seconds": round(time.perf_counter() - t0, 2), **(info or {})}
-    meta.write_text(json.dumps(_jsonable(d)))
+    atomic_write_text(meta, json.dumps(_jsonable(d)))
     return {**d, "cached": False}
 
 
@@ -455,9 +452,7 @@ def _summaries(methods, metrics, values, metric_unavail, unavailable_methods, su
 
 
 def _write_json(path: Path, doc: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_jsonable(doc), indent=2, allow_nan=False, default=str))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(_jsonable(doc), indent=2, allow_nan=False, default=str))
 
 
 def build_parser() -> argparse.ArgumentParser:

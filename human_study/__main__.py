@@ -139,12 +139,13 @@ def cmd_export(args) -> None:
     if out.suffix.lower() not in (".csv", ".parquet"):
         raise LipsyncError(f"The export file must end in .csv or .parquet, not {out.suffix or 'nothing'}.")
     df = ratings_frame(open_database(args.db, must_exist=True))
-    tmp = out.with_name(f".{out.name}.tmp")
-    if out.suffix.lower() == ".csv":
-        df.to_csv(tmp, index=False)
-    else:
-        df.to_parquet(tmp, index=False)
-    os.replace(tmp, out)
+    from lipsync.files import atomic_file
+
+    with atomic_file(out) as tmp:
+        if out.suffix.lower() == ".csv":
+            df.to_csv(tmp, index=False)
+        else:
+            df.to_parquet(tmp, index=False)
     print(f"wrote {len(df)} ratings to {out}")
 
 

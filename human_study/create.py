@@ -16,8 +16,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from eval.core import file_digest
 from lipsync.common import path_arg
+from lipsync.files import atomic_write_text, file_digest
 from lipsync.media import _tool
 
 from .study import (DEFAULT_INSTRUCTIONS, DEFAULT_MIN_WATCH, DEFAULT_TEXT, StudyError, parse_study, study_to_dict)
@@ -152,11 +152,10 @@ def create_study(results_dir: str | Path, out_file: str | Path, *, methods: list
         n_items = len(parse_study({**raw, "trials_per_rater": 1}, root=out_dir).item_universe())
         raw["trials_per_rater"] = min(trials_per_rater or 20, n_items)
         study = parse_study(raw, root=out_dir)
-        tmp = out_file.with_name(f".{out_file.name}.tmp")
         header = (f"# Made by `python -m human_study create --from {results_dir}`.\n"
                   "# Media names are content hashes so that raters cannot tell the methods apart.\n")
-        tmp.write_text(header + yaml.safe_dump(study_to_dict(study), sort_keys=False, allow_unicode=True, width=100))
-        os.replace(tmp, out_file)
+        atomic_write_text(out_file, header + yaml.safe_dump(study_to_dict(study), sort_keys=False, allow_unicode=True,
+                                                            width=100), what="study file")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_file

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
-
+from typing import Callable, Sequence
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# How long-running steps report progress: progress(stage, done, total), e.g. ("track", 250, 1800).
+Progress = Callable[[str, int, int], None]
 
 
 class LipsyncError(Exception):

@@ -9,7 +9,6 @@ output layer, kept in the weights).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 from . import __version__
 from .audio_features import AudioNorm
 from .common import LipsyncError
+from .files import atomic_write_bytes
 
 MODEL_FORMAT = 1
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
@@ -39,12 +39,6 @@ class SpeakerData:
         return cls(**{k: np.array(clip.array(k)) for k in SPEAKER_KEYS})
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def save_model(folder: Path, net, speaker: SpeakerData, audio_norm: AudioNorm, *, fps: float, training: dict) -> None:
     """Write ``model.safetensors`` and ``config.json`` into ``folder`` (each written atomically)."""
     import torch
@@ -58,8 +52,8 @@ def save_model(folder: Path, net, speaker: SpeakerData, audio_norm: AudioNorm, *
               "model": net.config.to_dict(), "audio_norm": audio_norm.to_dict(), "fps": float(fps),
               "speaker_keys": [f"speaker.{k}" for k in SPEAKER_KEYS], "training": training}
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(folder / WEIGHTS, save(tensors))
-    _atomic_write_bytes(folder / CONFIG, json.dumps(config, indent=2).encode())
+    atomic_write_bytes(folder / WEIGHTS, save(tensors), what="model weights file")
+    atomic_write_bytes(folder / CONFIG, json.dumps(config, indent=2).encode(), what="model config file")
 
 
 @dataclass

@@ -16,7 +16,6 @@ Steps (each timed in the manifest's ``timings_s``):
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 import sys
@@ -24,13 +23,13 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from . import __version__
 from .atlas import build_sampler, extract_atlas, region_masks
-from .common import LipsyncError
+from .common import LipsyncError, Progress
+from .files import atomic_output
 from .lighting import (LightingParams, apply_log_gain, estimate_gains, estimate_spatial, log_field, masked_row_median,
                        poly_basis, poly_terms, to_log)
 from .media import FrameReader, extract_aligned_audio, ffmpeg_version, probe, write_wav
@@ -43,7 +42,6 @@ from .topology import (CHIN, FOREHEAD_TOP, INNER_LIP_BOTTOM, INNER_LIP_TOP, LEFT
 from .tracking import MediaPipeTracker, track_frames
 from .uvmap import build_uv_layout
 
-Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
 @dataclass(frozen=True)
@@ -200,69 +198,6 @@ def versions() -> dict:
     return out
 
 
-@contextmanager
-def atomic_output(out: Path, *, overwrite: bool):
-    """Yield a temporary folder beside ``out``; rename it to ``out`` only if the block succeeds."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise LipsyncError(f"{out} exists and is a file; choose a folder name for the prepared clip.")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise LipsyncError(f"{out} already exists and is not empty; choose another folder or pass --overwrite.")
-        if not (out / MANIFEST).is_file():
-            raise LipsyncError(f"{out} is not a prepared clip, so --overwrite will not replace it; choose another folder.")
-    parent = out.parent
-    ancestor = next((p for p in [parent, *parent.parents] if p.exists()), Path("/"))
-    if not ancestor.is_dir():
-        raise LipsyncError(f"Cannot write the output folder {out}: {ancestor} is a file, not a folder; choose another location.")
-    created = parent if not parent.exists() else None  # removed again if we fail
-    _remove_stale_partials(parent, out.name)
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = parent / f".{out.name}.partial-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-    except OSError as err:
-        raise LipsyncError(f"Cannot write the output folder {out} ({err.strerror or err}); choose a writable location.") from None
-    try:
-        yield tmp
-        if out.exists():
-            old = parent / f".{out.name}.old-{os.getpid()}"
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if created is not None:
-            _remove_empty_dirs(created, stop=ancestor)
-        raise
-
-
-def _remove_stale_partials(parent: Path, name: str) -> None:
-    """Delete temporary folders of earlier runs that were killed (their process is gone)."""
-    if not parent.is_dir():
-        return
-    for p in parent.glob(f".{name}.partial-*"):
-        try:
-            pid = int(p.name.rsplit("-", 1)[1])
-            os.kill(pid, 0)  # raises if no such process
-        except ProcessLookupError:
-            shutil.rmtree(p, ignore_errors=True)
-        except (ValueError, PermissionError):
-            continue
-
-
-def _remove_empty_dirs(folder: Path, *, stop: Path) -> None:
-    """Remove ``folder`` and its parents up to (not including) ``stop`` while they are empty."""
-    for p in [folder, *folder.parents]:
-        if p == stop or not p.is_dir() or any(p.iterdir()):
-            break
-        p.rmdir()
-
-
 def _save(folder: Path, name: str, array: np.ndarray, arrays: dict) -> None:
     np.save(folder / f"{name}.npy", array)
     arrays[name] = array_entry(name, array)
@@ -289,7 +224,7 @@ def preprocess(video: str | Path, out: str | Path, *, options: PreprocessOptions
         if not info.has_audio and options.require_audio:
             extract_aligned_audio(info, 0)  # raises the no-audio error before any slow work
 
-    with atomic_output(out, overwrite=overwrite) as tmp:
+    with atomic_output(out, overwrite=overwrite, marker=MANIFEST, what="prepared clip") as tmp:
         # 2. track
         with timer.stage("track"):
             reader = FrameReader(info)

@@ -26,10 +26,9 @@ from typing import Callable
 
 import numpy as np
 
-from .common import LipsyncError, path_arg
+from .common import LipsyncError, Progress, path_arg
 from .media import _tool
 
-Progress = Callable[[str, int, int], None]
 
 
 # ---------------------------------------------------------------------------------------------

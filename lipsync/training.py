@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 
 from .common import LipsyncError
+from .files import atomic_file, atomic_write_text
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "train_log.csv"
@@ -65,7 +66,7 @@ PRESETS = {
     "tiny": TrainOptions(steps=40, batch=8, val_every=20, tex_channels=32),
 }
 
-Progress = Callable[[int, int, dict], None]
+TrainProgress = Callable[[int, int, dict], None]  # (step, total steps, losses of the step)
 
 
 def _crop_region(masks: np.ndarray, size: int, scale: float) -> tuple[tuple[int, int, int, int], int, int]:
@@ -220,9 +221,8 @@ def _seed_all(seed: int) -> None:
 def _atomic_torch_save(obj, path: Path) -> None:
     import torch
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def log_loss_axis(ax) -> None:
@@ -263,9 +263,8 @@ def _write_plot(folder: Path, rows: list[dict]) -> None:
         ax[k].grid(alpha=0.3)
         ax[k].legend()
     fig.tight_layout()
-    tmp = folder / f".{PLOT}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, folder / PLOT)
+    with atomic_file(folder / PLOT) as tmp:
+        fig.savefig(tmp, dpi=100)
 
 
 class TrainingStopped(LipsyncError):
@@ -274,7 +273,7 @@ class TrainingStopped(LipsyncError):
 
 def train(prepared: str | Path, out: str | Path, *, preset: str = "quick", options: TrainOptions | None = None,
           max_minutes: float | None = None, device: str = "auto", resume: bool = False,
-          progress: Progress | None = None, should_stop=None) -> Path:
+          progress: TrainProgress | None = None, should_stop=None) -> Path:
     """Train a model on a prepared clip; returns the model folder. See the module docstring.
 
     ``should_stop``: a callable checked after every step (e.g. a Cancel button); when it returns
@@ -384,11 +383,10 @@ def train(prepared: str | Path, out: str | Path, *, preset: str = "quick", optio
                             "step": step, "log": rows, "seconds": seconds, "options": asdict(options),
                             "audio_norm": audio_norm.to_dict(), "torch_rng": torch.get_rng_state(),
                             "numpy_rng": np.random.get_state(), "rng": rng.bit_generator.state}, ckpt_path)
-        with open(out / f".{LOG}.tmp", "w", newline="") as f:
+        with atomic_file(out / LOG) as tmp, open(tmp, "w", newline="") as f:
             wr = csv.DictWriter(f, LOG_FIELDS)
             wr.writeheader()
             wr.writerows(rows)
-        os.replace(out / f".{LOG}.tmp", out / LOG)
         _write_plot(out, rows)
 
     t0 = time.perf_counter()
@@ -440,6 +438,6 @@ def train(prepared: str | Path, out: str | Path, *, preset: str = "quick", optio
     if not options.lighting_norm:
         speaker.reference_atlas = reference_atlas(clip, options)
     save_model(out, net.cpu(), speaker, audio_norm, fps=clip.fps, training=summary)
-    (out / "training.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "training.json", json.dumps(summary, indent=2), what="training summary")
     return out
 

@@ -43,7 +43,7 @@ def test_registries_reject_unknown_names():
 
 
 def test_content_key_changes_with_file_content(tmp_path):
-    from eval.core import content_key
+    from lipsync.files import content_key
 
     f = tmp_path / "a.bin"
     f.write_bytes(b"one")

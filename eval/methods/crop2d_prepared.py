@@ -38,7 +38,9 @@ import numpy as np
 
 from lipsync.common import LipsyncError
 
-from ..core import EVAL_CRF, RunContext, TestClip, content_key, frame_schedule
+from lipsync.files import content_key
+
+from ..core import EVAL_CRF, RunContext, TestClip, frame_schedule
 from .face2d import (TEMPLATE_SIZE, CropTemplate, blend_mask, crop_transforms, make_template, template_regions,
                      transform_points, warp_crop)
 
@@ -108,9 +110,10 @@ def prepare_crop2d(prepared_clip_dir: str | Path, video: str | Path, out_dir: st
     Returns:
         ``out_dir``. Raises ``LipsyncError`` if the video does not match the prepared clip.
     """
+    from lipsync.files import atomic_output
     from lipsync.media import FrameReader, probe
-    from lipsync.preprocessing import atomic_output, mouth_opening
     from lipsync.prepared import ARRAYS, MANIFEST, REGION_NAMES, open_prepared
+    from lipsync.preprocessing import mouth_opening
     from lipsync.topology import load_topology
 
     t0 = time.perf_counter()
@@ -129,7 +132,7 @@ def prepare_crop2d(prepared_clip_dir: str | Path, video: str | Path, out_dir: st
     valid = valid & np.isfinite(mats).all(axis=(1, 2))
     topo = load_topology()
     out_dir = Path(out_dir)
-    with atomic_output(out_dir, overwrite=False) as tmp:
+    with atomic_output(out_dir, overwrite=False, marker=MANIFEST, what="prepared clip") as tmp:
         # 1. crops of every frame, straight into the memory-mapped output files
         atlas = np.lib.format.open_memmap(tmp / "atlas.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
         amask = np.lib.format.open_memmap(tmp / "atlas_mask.npy", mode="w+", dtype=bool, shape=(n, size, size))

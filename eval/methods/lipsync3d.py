@@ -20,7 +20,9 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from ..core import EVAL_CRF, RunContext, TestClip, content_key
+from lipsync.files import content_key
+
+from ..core import EVAL_CRF, RunContext, TestClip
 from . import Method, register
 
 VERSION = 1  # bump when training or synthesis changes in a way that invalidates cached models

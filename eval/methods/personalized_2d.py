@@ -32,7 +32,9 @@ import numpy as np
 
 from lipsync.common import LipsyncError, resolve_device
 
-from ..core import EVAL_CRF, RunContext, TestClip, Unavailable, content_key, frame_schedule
+from lipsync.files import content_key
+
+from ..core import EVAL_CRF, RunContext, TestClip, Unavailable, frame_schedule
 from . import Method, register
 from .face2d import CropTemplate, blend_mask, crop_transforms, make_template, template_regions, warp_crop
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from collections import OrderedDict
@@ -24,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import MetricValue, Sample, Unavailable, file_digest
+from lipsync.files import atomic_file, atomic_write_text, file_digest
+
+from ..core import MetricValue, Sample, Unavailable
 from . import Metric, register
 
 TRACKER_ID = "mediapipe-facemesh-tracking-468-v1"  # part of the cache key: change it if the settings change
@@ -79,9 +80,8 @@ def track_landmarks(frames: np.ndarray, fps: float, workdir: Path | None = None,
         landmarks = track_frames(frames, fps=fps, width=w, height=h).landmarks
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.stem}.{os.getpid()}.npy")
-            np.save(tmp, landmarks)
-            os.replace(tmp, path)
+            with atomic_file(path) as tmp:
+                np.save(tmp, landmarks)
     _memory[key] = landmarks
     while len(_memory) > _MEMORY_TRACKS:
         _memory.popitem(last=False)
@@ -369,7 +369,7 @@ def syncnet_scores(sample: Sample, settings: dict) -> dict:
             result = {"lse_d": float(lse_d), "lse_c": float(lse_c), "offset": float(offsets[best]), "tracks": len(offsets)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    cache.write_text(json.dumps(result))
+    atomic_write_text(cache, json.dumps(result))
     return result
 
 

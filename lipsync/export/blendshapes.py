@@ -66,7 +66,7 @@ from pathlib import Path
 import numpy as np
 
 from lipsync.common import LipsyncError, check_shape
-from lipsync.export.gltf import atomic_write_bytes
+from lipsync.files import atomic_write_bytes
 from lipsync.topology import (INNER_LIP_BOTTOM, INNER_LIP_LOWER, INNER_LIP_TOP, INNER_LIP_UPPER, MOUTH_CORNERS,
                               FaceTopology)
 

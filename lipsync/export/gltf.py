@@ -33,13 +33,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
 from pathlib import Path
 
 import numpy as np
 
 from lipsync.common import LipsyncError, check_shape
+from lipsync.files import atomic_write_bytes
 
 FACE_WIDTH_M = 0.15          # width of the exported face (x-extent of the base shape), metres
 GENERATOR = "lipsync glb exporter"
@@ -52,41 +52,6 @@ _FLOAT, _USHORT, _UINT = 5126, 5123, 5125
 _ARRAY_BUFFER, _ELEMENT_ARRAY_BUFFER = 34962, 34963
 _COMPONENTS = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4, "MAT4": 16}
 _DTYPES = {5120: np.int8, 5121: np.uint8, 5122: np.int16, 5123: np.uint16, 5125: np.uint32, 5126: np.float32}
-
-
-# --------------------------------------------------------------------------------------------
-# Files
-
-def atomic_write_bytes(path: str | Path, data: bytes, *, what: str = "file") -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
-
-    Missing parent folders are created (and removed again if the write fails). Raises
-    ``LipsyncError`` with one sentence when the path cannot be written; nothing is left behind.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise LipsyncError(f"Cannot write the {what} {path}: it is a folder; give a file name.")
-    parent = path.parent
-    missing = [p for p in [parent, *parent.parents] if not p.exists()]
-    tmp = parent / f".{path.name}.tmp-{os.getpid()}"
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError as err:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        for folder in missing:  # deepest first
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-        raise LipsyncError(f"Cannot write the {what} {path} ({err.strerror or err}); "
-                           "choose a writable file path.") from None
-    return path
 
 
 # --------------------------------------------------------------------------------------------

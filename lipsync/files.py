@@ -1,0 +1,169 @@
+"""Files that a reader never sees half-written, and the content hashes that name cached results.
+
+- ``atomic_file(path)``: a temporary path beside ``path`` that replaces it when the block succeeds.
+- ``atomic_write_bytes`` / ``atomic_write_text``: the same for data in memory, with one-sentence
+  errors for paths that cannot be written.
+- ``atomic_output(folder)``: a whole output folder, built beside its final name and renamed into
+  place (an existing one is replaced only when ``overwrite`` and it is one of ours).
+- ``file_digest`` / ``content_key``: short stable hashes of a file's bytes and of settings, used
+  as the names of cached models, renders and metrics (by eval, the demo and the rating studies).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from .common import LipsyncError
+
+
+# ---------------------------------------------------------------------------------------------
+# content hashes
+
+def file_digest(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's content (hex, first 16 characters)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def content_key(*parts) -> str:
+    """A short stable hash of JSON-serializable parts (paths of existing files are hashed by content)."""
+    def norm(x):
+        if isinstance(x, Path):
+            return {"file": file_digest(x)} if x.is_file() else {"path": str(x)}
+        if isinstance(x, dict):
+            return {str(k): norm(v) for k, v in sorted(x.items())}
+        if isinstance(x, (list, tuple)):
+            return [norm(v) for v in x]
+        return x
+    return hashlib.sha256(json.dumps([norm(p) for p in parts], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# single files
+
+@contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (with the same suffix, for writers that choose the
+    format by it); it replaces ``path`` when the block succeeds and is removed when it fails."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, what: str = "file") -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    Missing parent folders are created (and removed again if the write fails). Raises
+    ``LipsyncError`` with one sentence when the path cannot be written; nothing is left behind.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise LipsyncError(f"Cannot write the {what} {path}: it is a folder; give a file name.")
+    parent = path.parent
+    missing = [p for p in [parent, *parent.parents] if not p.exists()]
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path) as tmp:
+            tmp.write_bytes(data)
+    except OSError as err:
+        for p in missing:  # deepest first
+            try:
+                p.rmdir()
+            except OSError:
+                break
+        raise LipsyncError(f"Cannot write the {what} {path} ({err.strerror or err}); choose a writable file path.") from None
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, what: str = "file") -> Path:
+    """``atomic_write_bytes`` for UTF-8 text."""
+    return atomic_write_bytes(path, text.encode("utf-8"), what=what)
+
+
+# ---------------------------------------------------------------------------------------------
+# whole folders
+
+@contextmanager
+def atomic_output(out: str | os.PathLike, *, overwrite: bool, marker: str, what: str) -> Iterator[Path]:
+    """Yield a temporary folder beside ``out``; rename it to ``out`` only if the block succeeds.
+
+    An existing non-empty ``out`` is replaced only with ``overwrite`` and only when it holds
+    ``marker`` (a file every such folder of ours has), so a wrong path never deletes someone's
+    folder. ``what`` names the folder in messages (e.g. "prepared clip"). Temporary folders of
+    earlier runs that were killed are removed; on failure nothing is left, not even the parent
+    folders this call created.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise LipsyncError(f"{out} exists and is a file; choose a folder name for the {what}.")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise LipsyncError(f"{out} already exists and is not empty; choose another folder or pass --overwrite.")
+        if not (out / marker).is_file():
+            raise LipsyncError(f"{out} is not a {what}, so --overwrite will not replace it; choose another folder.")
+    parent = out.parent
+    ancestor = next((p for p in [parent, *parent.parents] if p.exists()), Path("/"))
+    if not ancestor.is_dir():
+        raise LipsyncError(f"Cannot write the output folder {out}: {ancestor} is a file, not a folder; choose another location.")
+    created = parent if not parent.exists() else None  # removed again if we fail
+    _remove_stale_partials(parent, out.name)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = parent / f".{out.name}.partial-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    except OSError as err:
+        raise LipsyncError(f"Cannot write the output folder {out} ({err.strerror or err}); choose a writable location.") from None
+    try:
+        yield tmp
+        if out.exists():
+            old = parent / f".{out.name}.old-{os.getpid()}"
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created is not None:
+            _remove_empty_dirs(created, stop=ancestor)
+        raise
+
+
+def _remove_stale_partials(parent: Path, name: str) -> None:
+    """Delete temporary folders of earlier runs that were killed (their process is gone)."""
+    if not parent.is_dir():
+        return
+    for p in parent.glob(f".{name}.partial-*"):
+        try:
+            pid = int(p.name.rsplit("-", 1)[1])
+            os.kill(pid, 0)  # raises if no such process
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except (ValueError, PermissionError):
+            continue
+
+
+def _remove_empty_dirs(folder: Path, *, stop: Path) -> None:
+    """Remove ``folder`` and its parents up to (not including) ``stop`` while they are empty."""
+    for p in [folder, *folder.parents]:
+        if p == stop or not p.is_dir() or any(p.iterdir()):
+            break
+        p.rmdir()
