@@ -21,7 +21,8 @@ import numpy as np
 
 
 def evaluate_clip(model, clip_path: str | Path, workdir: Path) -> dict:
-    from lipsync.preprocessing import PreprocessOptions, mouth_opening, preprocess
+    from lipsync.face_measures import mouth_opening
+    from lipsync.preprocessing import PreprocessOptions, preprocess
     from lipsync.prepared import open_prepared
     from lipsync.synthesis import predict
 

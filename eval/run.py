@@ -73,7 +73,7 @@ def _git_commit() -> str | None:
 
 
 def _versions() -> dict:
-    from lipsync.preprocessing import versions
+    from lipsync.preprocessing.manifest import versions
 
     out = versions()
     for mod in ("torch", "skimage", "lpips", "gradio"):

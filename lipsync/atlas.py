@@ -12,6 +12,7 @@ too (its triangles have no area), and becomes valid as the mouth opens.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -206,3 +207,12 @@ def region_masks(uv: np.ndarray, topo: FaceTopology, size: int, covered: np.ndar
     _, v = texel_uv(size)
     lower = covered & (v > nose_tip_v)
     return {"skin": skin, "mouth": mouth & covered, "lower_face": lower, "eyes": eyes & covered}
+
+
+def masked_median(atlases: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """float32 (S, S, C): per texel, the median over the atlases (T, S, S, C) whose mask (T, S, S)
+    is set there; NaN where no atlas covers the texel. The robust reference of a set of frames."""
+    stack = np.where(masks[..., None], np.asarray(atlases, np.float32), np.nan)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # texels no atlas covers: all-NaN slices
+        return np.nanmedian(stack, axis=0)

@@ -5,11 +5,31 @@ import argparse
 import sys
 
 from . import __version__
-from .common import LipsyncError, setup_cache_env
+from .common import LipsyncError, Progress, setup_cache_env
+
+
+def _tqdm_progress(enabled: bool) -> Progress:
+    """A ``Progress`` that draws one tqdm bar per stage on stderr (nothing when not ``enabled``)."""
+    bars = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if not enabled:
+            return
+        from tqdm import tqdm
+
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(total=total, desc=f"{stage:>8}", unit="frame", leave=True,
+                                     dynamic_ncols=True, file=sys.stderr)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return update
 
 
 def _cmd_preprocess(args) -> int:
-    from .preprocessing import PreprocessOptions, _tqdm_progress, preprocess
+    from .preprocessing import PreprocessOptions, preprocess
 
     options = PreprocessOptions(atlas_size=args.atlas_size, max_gap_s=args.max_gap, keep_raw_atlas=args.keep_raw_atlas,
                                 previews=not args.no_previews, sync_audio=not args.no_sync)
@@ -70,7 +90,6 @@ def _cmd_synthesize(args) -> int:
     import warnings
 
     from .model_io import load_model
-    from .preprocessing import _tqdm_progress
 
     model = load_model(args.model)
     with warnings.catch_warnings(record=True) as caught:

@@ -195,6 +195,27 @@ def estimate_gains(atlases: np.ndarray, masks: np.ndarray, reference_log: np.nda
     return terms, coef
 
 
+def frame_gains(atlases: np.ndarray, masks: np.ndarray, reference_log: np.ndarray, skin: np.ndarray, *,
+                degree: int, valid: np.ndarray, chunk: int = 256, each_chunk=None) -> tuple[list, np.ndarray]:
+    """``estimate_gains`` over a whole clip, ``chunk`` frames at a time (atlases may be memory-mapped).
+
+    The one loop that measures every frame's lighting: preprocessing normalizes each chunk in place
+    right after it is measured (``each_chunk(slice, coeffs)``), synthesis measures a target's frames
+    against a model's reference. Returns (terms, float32 (T, 3, K)); NaN where ``valid`` is False.
+    """
+    n = len(atlases)
+    terms = poly_terms(degree)
+    gains = np.full((n, 3, len(terms)), np.nan, np.float32)
+    for start in range(0, n, chunk):
+        sl = slice(start, min(n, start + chunk))
+        _, coef = estimate_gains(atlases[sl], masks[sl], reference_log, skin, degree=degree)
+        coef[~valid[sl]] = np.nan
+        gains[sl] = coef
+        if each_chunk is not None:
+            each_chunk(sl, coef)
+    return terms, gains
+
+
 def apply_log_gain(atlas: np.ndarray, field: np.ndarray, mask: np.ndarray | None = None, *, sign: float = -1.0) -> np.ndarray:
     """``atlas * exp(sign * field)`` as uint8; ``sign=-1`` removes the light, ``+1`` puts it back."""
     out = np.asarray(atlas, np.float32) * np.exp(sign * field)

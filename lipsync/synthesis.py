@@ -169,7 +169,7 @@ def prepare_target(model, target: str | Path | None, workdir: Path, progress: Pr
 def target_for_speaker(speaker, target: str | Path | None, workdir: Path, progress: Progress | None = None, *,
                        training_prepared: str | None = None) -> Target:
     """``prepare_target`` for a speaker's reference data (``model_io.SpeakerData``)."""
-    from .lighting import estimate_gains, poly_terms, to_log
+    from .lighting import frame_gains, to_log
     from .preprocessing import PreprocessOptions, preprocess
     from .prepared import MANIFEST, open_prepared
     from .topology import load_topology
@@ -195,6 +195,7 @@ def target_for_speaker(speaker, target: str | Path | None, workdir: Path, progre
     from .media import probe
 
     size = int(speaker.reference_atlas.shape[0])
+    opts = PreprocessOptions(atlas_size=size, keep_raw_atlas=True, previews=False, require_audio=False, min_seconds=0.5)
     if target.is_dir() and (target / MANIFEST).is_file():
         clip = open_prepared(target)
         if "atlas_raw" not in clip.manifest["arrays"] or clip.atlas_size != size:
@@ -215,8 +216,6 @@ def target_for_speaker(speaker, target: str | Path | None, workdir: Path, progre
             if proc.returncode != 0:
                 raise LipsyncError(f"{target} could not be read as an image ({proc.stderr.strip()}).") from None
             notes.append("the target is a still image: the head stays still")
-        opts = PreprocessOptions(atlas_size=size, keep_raw_atlas=True, previews=False, require_audio=False,
-                                 min_seconds=0.5)
         clip = open_prepared(preprocess(video, workdir / "target", options=opts,
                                         progress=progress and (lambda st, d, t: progress(f"target {st}", d, t))))
     (s, r, t), _ = _align_to(speaker.reference_vertices, np.array(clip.array("reference_vertices")),
@@ -234,17 +233,10 @@ def target_for_speaker(speaker, target: str | Path | None, workdir: Path, progre
     pose_r = pr @ r
     pose_t = pt + ps[:, None] * np.einsum("tij,j->ti", pr, t)
     # lighting of each target frame relative to the model's normalized reference
-    terms = poly_terms(2)
-    raw, mask = clip.array("atlas_raw"), clip.array("atlas_mask")
     skin = speaker.region_masks[0] & (speaker.reference_atlas.max(-1) > 0)
-    ref_log = to_log(speaker.reference_atlas)
-    gains = np.full((clip.num_frames, 3, len(terms)), np.nan, np.float32)
     valid = np.array(clip.array("valid"))
-    for st in range(0, clip.num_frames, 256):
-        sl = slice(st, min(clip.num_frames, st + 256))
-        _, g = estimate_gains(np.asarray(raw[sl]), np.asarray(mask[sl]), ref_log, skin, degree=2)
-        gains[sl] = g
-    gains[~valid] = np.nan
+    terms, gains = frame_gains(clip.array("atlas_raw"), clip.array("atlas_mask"), to_log(speaker.reference_atlas), skin,
+                               degree=opts.lighting_degree, valid=valid, chunk=opts.chunk)
     return Target(source=video, fps=clip.fps, width=clip.manifest["width"], height=clip.manifest["height"], valid=valid,
                   pose_scale=pose_s, pose_rotation=pose_r.astype(np.float32), pose_translation=pose_t.astype(np.float32),
                   gains=gains, terms=terms, frames_total=clip.num_frames, notes=notes)

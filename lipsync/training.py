@@ -15,7 +15,6 @@ import json
 import os
 import random
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -176,12 +175,9 @@ def reference_atlas(clip, options: TrainOptions) -> np.ndarray:
         return np.array(clip.array("reference_atlas"))
     valid = np.flatnonzero(np.array(clip.array("valid")))
     pick = valid[np.linspace(0, len(valid) - 1, min(100, len(valid))).round().astype(int)]
-    raw = np.asarray(clip.array(_atlas_name(clip, options))[pick], np.float32)
-    mask = np.asarray(clip.array("atlas_mask")[pick])
-    raw[~mask] = np.nan
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # texels never seen: all-NaN slices
-        med = np.nanmedian(raw, axis=0)
+    from .atlas import masked_median
+
+    med = masked_median(clip.array(_atlas_name(clip, options))[pick], np.asarray(clip.array("atlas_mask")[pick]))
     return np.nan_to_num(med).round().astype(np.uint8)
 
 

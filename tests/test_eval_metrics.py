@@ -66,7 +66,7 @@ def grid(grid_clip):
     from eval.core import read_video
     from eval.metrics.lipsync import track_landmarks
     from lipsync.media import extract_aligned_audio, probe
-    from lipsync.preprocessing import canonical_reference, choose_reference
+    from lipsync.preprocessing.reference import canonical_reference, choose_reference
     from lipsync.topology import load_topology
 
     frames = read_video(grid_clip)

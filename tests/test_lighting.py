@@ -7,7 +7,7 @@ import pytest
 from lipsync.atlas import build_sampler, region_masks
 from lipsync.lighting import (apply_log_gain, estimate_gains, estimate_spatial, log_field, mirror_sample, poly_terms,
                               robust_fit, to_log)
-from lipsync.preprocessing import mirror_texels
+from lipsync.preprocessing.lighting import mirror_texels
 
 SIZE = 256
 SPATIAL_TOL = 0.005    # log units (0.5% brightness): max error of the recovered left/right field

@@ -159,7 +159,7 @@ def test_bad_input_is_refused_with_one_sentence(model, tmp_path):
 def test_silent_audio_gives_a_still_closed_mouth(model, tmp_path):
     import soundfile as sf
 
-    from lipsync.preprocessing import mouth_opening
+    from lipsync.face_measures import mouth_opening
     from lipsync.synthesis import predict
 
     sf.write(tmp_path / "silence.wav", np.zeros(32000, np.float32), 16000)

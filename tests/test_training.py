@@ -111,7 +111,7 @@ def test_no_drift_over_sixty_seconds(tiny_model, prepared_grid):
 
 def test_silence_gives_a_closed_mouth(tiny_model, prepared_grid):
     """Digital silence (as pads synthetic speech) gives a still mouth, well below its opening on words."""
-    from lipsync.preprocessing import mouth_opening
+    from lipsync.face_measures import mouth_opening
     from lipsync.synthesis import predict
     from test_preprocess import speech_frames
 

@@ -31,7 +31,6 @@ import json
 import shutil
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -110,10 +109,11 @@ def prepare_crop2d(prepared_clip_dir: str | Path, video: str | Path, out_dir: st
     Returns:
         ``out_dir``. Raises ``LipsyncError`` if the video does not match the prepared clip.
     """
+    from lipsync.atlas import masked_median
     from lipsync.files import atomic_output
     from lipsync.media import FrameReader, probe
     from lipsync.prepared import ARRAYS, MANIFEST, REGION_NAMES, open_prepared
-    from lipsync.preprocessing import mouth_opening
+    from lipsync.face_measures import mouth_opening
     from lipsync.topology import load_topology
 
     t0 = time.perf_counter()
@@ -153,10 +153,7 @@ def prepare_crop2d(prepared_clip_dir: str | Path, video: str | Path, out_dir: st
         # 2. reference crop: per-pixel median over the reference candidates
         cand = np.array([c for c in man.get("reference_candidates", [ref_frame]) if valid[c]] or [ref_frame])
         cm = np.asarray(amask[cand])
-        stack = np.where(cm[..., None], np.asarray(atlas[cand], np.float32), np.nan)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # pixels no candidate covers
-            ref = np.nanmedian(stack, axis=0)
+        ref = masked_median(atlas[cand], cm)
         ref_ok = cm.mean(0) >= 0.5
         reference = np.where(ref_ok[..., None], np.nan_to_num(ref), 0.0)
         reference = np.clip(reference + 0.5, 0, 255).astype(np.uint8)

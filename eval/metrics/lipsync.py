@@ -154,7 +154,7 @@ def landmark_distance(output: np.ndarray, reference: np.ndarray, canonical: np.n
 
 def mouth_series(landmarks: np.ndarray, canonical: np.ndarray) -> np.ndarray:
     """Mouth opening (inner-lip gap over mouth width) of pose-normalized faces: (T,), NaN where untracked."""
-    from lipsync.preprocessing import mouth_opening
+    from lipsync.face_measures import mouth_opening
 
     return mouth_opening(normalize_to_canonical(landmarks, canonical)).astype(np.float64)
 
