@@ -129,11 +129,3 @@ def read_video(path: Path, folder: Path | None = None) -> np.ndarray:
         store[n] = frame
         n += 1
     return store[:n]
-
-
-def frame_schedule(count: int, clip_frames: int) -> np.ndarray:
-    """Which target frame each of ``count`` output frames is laid over: frame i on frame i while
-    the clip lasts, then back and forth (ping-pong) when the audio is longer than the clip."""
-    from lipsync.synthesis import ping_pong
-
-    return ping_pong(count, clip_frames)

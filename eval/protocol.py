@@ -43,7 +43,7 @@ def write_segment(source: Path, audio: np.ndarray, start: int, stop: int, fps: f
     """Frames [start, stop) of ``source`` and the matching audio (16 kHz, sample 0 = frame 0 of the
     source) as an mp4 at ``EVAL_CRF``."""
     from lipsync.media import FrameReader, probe, write_wav
-    from lipsync.synthesis import VideoWriter
+    from lipsync.media import VideoWriter
 
     info = probe(source)
     wav = work / f"{out.stem}.wav"

@@ -195,7 +195,7 @@ def side_by_side(out: Path, videos: dict[str, list[Path]], audios: list[Path], f
     import cv2
 
     from lipsync.media import FrameReader, load_audio, probe, write_wav
-    from lipsync.synthesis import VideoWriter
+    from lipsync.media import VideoWriter
 
     names = list(videos)
     if not names:

@@ -32,7 +32,9 @@ import numpy as np
 
 from lipsync.files import atomic_write_text, content_key, file_digest
 
-from .core import RunContext, Sample, TestClip, Unavailable, frame_schedule, read_video
+from lipsync.synthesis.schedule import ping_pong
+
+from .core import RunContext, Sample, TestClip, Unavailable, read_video
 
 # methods that run unless --methods says otherwise: everything that needs nothing from the user
 DEFAULT_METHODS = ("ground_truth", "lipsync3d", "no_lighting_norm", "no_pose_norm", "no_autoregression", "frozen",
@@ -121,7 +123,7 @@ def build_sample(method: str, clip: TestClip, video: Path, audio: Path, *, with_
     workdir.mkdir(parents=True, exist_ok=True)
     frames = read_video(video, workdir / "frames")
     target_all = read_video(clip.video, workdir / "target")
-    order = frame_schedule(len(frames), len(target_all))
+    order = ping_pong(len(frames), len(target_all))
     prepared = open_prepared(clip.prepared)
     lm = np.array(prepared.array("landmarks"))
     valid = np.array(prepared.array("valid"))

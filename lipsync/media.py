@@ -7,6 +7,7 @@ Frames are RGB uint8 (H, W, 3), top row first.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import threading
@@ -200,3 +201,51 @@ def ffmpeg_version() -> str:
     except LipsyncError:
         return "missing"
     return out.split("\n", 1)[0].replace("ffmpeg version ", "").split(" ")[0]
+
+
+class VideoWriter:
+    """Raw RGB frames piped into ffmpeg (H.264 yuv420p + the AAC audio), written to a temporary
+    file and moved into place by ``finish()``; ``abort()`` removes it. As a context manager it
+    finishes when the block ends normally and aborts when it raises."""
+
+    def __init__(self, out: Path, width: int, height: int, fps: float, audio_wav: Path, *, crf: int = 18):
+        self.out = out
+        self.tmp = out.with_name(f".{out.stem}.partial-{os.getpid()}{out.suffix or '.mp4'}")
+        cmd = [_tool("ffmpeg"), "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
+               "-s", f"{width}x{height}", "-r", f"{fps}", "-i", "-", "-i", path_arg(audio_wav), "-map", "0:v", "-map", "1:a",
+               "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-preset", "veryfast", "-crf", str(int(crf)),
+               "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "128k", "-shortest", "-movflags", "+faststart",
+               "-f", "mp4", path_arg(self.tmp)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.finish()
+        else:
+            self.abort()
+
+    def write(self, frame: np.ndarray) -> None:
+        self.proc.stdin.write(np.ascontiguousarray(frame, np.uint8).tobytes())
+
+    def finish(self) -> None:
+        self.proc.stdin.close()
+        err = self.proc.stderr.read().decode("utf-8", "replace")
+        self.proc.stderr.close()
+        if self.proc.wait() != 0:
+            self.abort()
+            raise LipsyncError(f"ffmpeg could not encode {self.out} ({err.strip().splitlines()[-1] if err.strip() else 'unknown error'}).")
+        os.replace(self.tmp, self.out)
+
+    def abort(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stderr):
+            try:
+                stream.close()
+            except (OSError, ValueError):
+                pass
+        self.tmp.unlink(missing_ok=True)

@@ -18,6 +18,7 @@ from . import __version__
 from .audio_features import AudioNorm
 from .common import LipsyncError
 from .files import atomic_write_bytes
+from .prepared import REGION_NAMES
 
 MODEL_FORMAT = 1
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
@@ -37,6 +38,10 @@ class SpeakerData:
     @classmethod
     def from_prepared(cls, clip) -> "SpeakerData":
         return cls(**{k: np.array(clip.array(k)) for k in SPEAKER_KEYS})
+
+    def region(self, name: str) -> np.ndarray:
+        """bool (S, S): the atlas region ``name`` (one of ``lipsync.prepared.REGION_NAMES``)."""
+        return self.region_masks[REGION_NAMES.index(name)]
 
 
 def save_model(folder: Path, net, speaker: SpeakerData, audio_norm: AudioNorm, *, fps: float, training: dict) -> None:

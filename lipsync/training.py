@@ -68,9 +68,10 @@ PRESETS = {
 TrainProgress = Callable[[int, int, dict], None]  # (step, total steps, losses of the step)
 
 
-def _crop_region(masks: np.ndarray, size: int, scale: float) -> tuple[tuple[int, int, int, int], int, int]:
-    """The lower-face box in atlas texels and the predicted crop size (divisible by 16)."""
-    lower = masks[2] | masks[1]  # lower_face | mouth
+def _crop_region(regions: dict, size: int, scale: float) -> tuple[tuple[int, int, int, int], int, int]:
+    """The lower-face box in atlas texels and the predicted crop size (divisible by 16);
+    ``regions``: name -> bool (S, S) (``PreparedClip.regions()``)."""
+    lower = regions["lower_face"] | regions["mouth"]
     ys, xs = np.nonzero(lower)
     step = max(16, int(round(16 / scale)))
     top = int(ys.min()) // step * step
@@ -150,8 +151,7 @@ def prepare_data(clip, config, options: TrainOptions, audio_norm=None):
         a = np.where(mk[..., None], a, ref[None])
         crops[s:s + 256] = a.transpose(0, 3, 1, 2)
         masks[s:s + 256, 0] = mk
-    regions = np.array(clip.array("region_masks"))
-    mouth = resize_crops(regions[1][None, ..., None].astype(np.float32), config.crop, h, w)[0, ..., 0]
+    mouth = resize_crops(clip.regions()["mouth"][None, ..., None].astype(np.float32), config.crop, h, w)[0, ..., 0]
     weight = (1.0 + options.mouth_weight * mouth)[None].astype(np.float32)
     verts = np.nan_to_num(np.array(clip.array("vertices"), np.float32))
     data = TrainingData(windows=windows, vertices=verts, crops=crops, masks=masks, weight=weight, prev=prev,
@@ -187,7 +187,7 @@ def build_model(clip, data_vertices_train: np.ndarray, options: TrainOptions):
     from .model.geometry import fit_pca
 
     size = clip.atlas_size
-    crop, h, w = _crop_region(np.array(clip.array("region_masks")), size, options.texture_scale)
+    crop, h, w = _crop_region(clip.regions(), size, options.texture_scale)
     config = ModelConfig(pca_components=options.pca_components, atlas_size=size, crop=crop, tex_height=h,
                          tex_width=w, tex_channels=options.tex_channels, dropout=options.dropout,
                          autoregressive=options.autoregressive)

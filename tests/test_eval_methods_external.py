@@ -368,7 +368,7 @@ def test_external_picks_nearest_frames_by_time(tmp_path, grid_wav):
     """Frame j of a 50 fps source is filled with gray level 10 + 6 j; at 25 fps output frame i
     must show source frame 2 i."""
     from eval.methods import get_method
-    from lipsync.synthesis import VideoWriter
+    from lipsync.media import VideoWriter
 
     folder = tmp_path / "results"
     folder.mkdir()

@@ -365,7 +365,7 @@ def test_flicker_against_the_real_video(tmp_path):
 
 
 def test_flicker_skips_the_turns_of_a_ping_pong_schedule():
-    from eval.core import frame_schedule
+    from lipsync.synthesis.schedule import ping_pong as frame_schedule
     from eval.metrics.realism import consecutive_triples
 
     clip = textured_frames(5)

@@ -25,7 +25,7 @@ def test_split_points_cut_the_test_part_into_clips():
 
 
 def test_frame_schedule_follows_then_ping_pongs():
-    from eval.core import frame_schedule
+    from lipsync.synthesis.schedule import ping_pong as frame_schedule
 
     assert frame_schedule(4, 10).tolist() == [0, 1, 2, 3]
     assert frame_schedule(7, 4).tolist() == [0, 1, 2, 3, 2, 1, 0]

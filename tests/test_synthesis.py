@@ -171,7 +171,7 @@ def test_silent_audio_gives_a_still_closed_mouth(model, tmp_path):
 
 def test_video_writer_finishes_or_leaves_nothing(tmp_path):
     from lipsync.media import write_wav
-    from lipsync.synthesis import VideoWriter
+    from lipsync.media import VideoWriter
 
     wav = tmp_path / "a.wav"
     write_wav(wav, np.zeros(16000, np.float32))

@@ -43,8 +43,8 @@ class Method:
     def render(self, clip: TestClip, audio: Path, out: Path) -> dict:
         """Write ``out`` (mp4, H.264 + AAC): the method's result for ``clip`` driven by ``audio``
         (16 kHz mono wav). Output frame i is laid over the clip's frame
-        ``eval.core.frame_schedule(n, clip.frames)[i]``, where n is the audio's length in frames at
-        ``clip.fps``; the size and fps are the clip's. Write atomically (``lipsync.synthesis.VideoWriter``)."""
+        ``lipsync.synthesis.ping_pong(n, clip.frames)[i]``, where n is the audio's length in frames at
+        ``clip.fps``; the size and fps are the clip's. Write atomically (``lipsync.media.VideoWriter``)."""
         raise NotImplementedError
 
 

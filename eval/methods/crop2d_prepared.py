@@ -39,7 +39,9 @@ from lipsync.common import LipsyncError
 
 from lipsync.files import content_key
 
-from ..core import EVAL_CRF, RunContext, TestClip, frame_schedule
+from lipsync.synthesis.schedule import ping_pong
+
+from ..core import EVAL_CRF, RunContext, TestClip
 from .face2d import (TEMPLATE_SIZE, CropTemplate, blend_mask, crop_transforms, make_template, template_regions,
                      transform_points, warp_crop)
 
@@ -252,7 +254,8 @@ def render_crop2d(model, clip: TestClip, audio: Path, out: Path, *, device: str 
     from lipsync.media import load_audio
     from lipsync.model_io import load_model
     from lipsync.prepared import open_prepared
-    from lipsync.synthesis import VideoWriter, assemble_atlas, predict
+    from lipsync.media import VideoWriter
+    from lipsync.synthesis import assemble_atlas, predict
 
     from ..core import read_video
     from .face2d import paste_back
@@ -267,7 +270,7 @@ def render_crop2d(model, clip: TestClip, audio: Path, out: Path, *, device: str 
     speech = load_audio(audio)
     _, crops = predict(model, speech, clip.fps)  # (n, h, w, 3) in [0, 1]
     n = len(crops)
-    schedule = frame_schedule(n, clip.frames)
+    schedule = ping_pong(n, clip.frames)
     mask = blend_mask(template)
     box = tuple(model.net.config.crop)
     ref_crop = model.net.reference_crop.detach().cpu().numpy().transpose(1, 2, 0)

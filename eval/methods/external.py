@@ -118,7 +118,7 @@ class External(Method):
 
         from lipsync.audio_features import frames_for_audio
         from lipsync.media import load_audio, probe, write_wav
-        from lipsync.synthesis import VideoWriter
+        from lipsync.media import VideoWriter
 
         folder = self._folder()
         src = match_video(folder, clip.name)

@@ -230,15 +230,10 @@ def blend_mask(template: CropTemplate, *, feather: float | None = None) -> np.nd
     """float32 (S, S) in [0, 1]: the face oval below the nose plus the lips, eroded then blurred (as
     ``lipsync.synthesis.blend_mask`` does in the atlas) so it fades out inside the face; exactly 0
     on the canvas border."""
-    import cv2
+    from lipsync.synthesis import feather_mask
 
     regions = template_regions(template)
-    lower = regions["lower_face"] | regions["mouth"]
-    size = template.size
-    feather = feather or size / 40.0
-    k = int(2 * round(feather) + 1)
-    inner = cv2.erode(lower.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-    soft = cv2.GaussianBlur(inner.astype(np.float32), (0, 0), feather)
+    soft = feather_mask(regions["lower_face"] | regions["mouth"], feather or template.size / 40.0)
     soft[[0, -1], :] = 0.0
     soft[:, [0, -1]] = 0.0
     return np.clip(soft, 0, 1).astype(np.float32)

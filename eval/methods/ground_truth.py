@@ -8,13 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import EVAL_CRF, TestClip, frame_schedule, read_video
+from lipsync.synthesis.schedule import ping_pong
+
+from ..core import EVAL_CRF, TestClip, read_video
 from . import Method, register
 
 
 def write_frames(frames: np.ndarray, order: np.ndarray, fps: float, audio: Path, out: Path) -> None:
     """Encode ``frames[order]`` with ``audio`` (atomic)."""
-    from lipsync.synthesis import VideoWriter
+    from lipsync.media import VideoWriter
 
     h, w = frames.shape[1:3]
     with VideoWriter(out, w, h, fps, audio, crf=EVAL_CRF) as writer:
@@ -40,6 +42,6 @@ class GroundTruth(Method):
         with tempfile.TemporaryDirectory(prefix="eval-gt-") as tmp:
             frames = read_video(clip.video, Path(tmp))
             n = audio_frames(audio, clip.fps)
-            write_frames(frames, frame_schedule(n, len(frames)), clip.fps, audio, out)
+            write_frames(frames, ping_pong(n, len(frames)), clip.fps, audio, out)
             del frames
         return {"frames": n}

@@ -34,7 +34,9 @@ from lipsync.common import LipsyncError, resolve_device
 
 from lipsync.files import content_key
 
-from ..core import EVAL_CRF, RunContext, TestClip, Unavailable, frame_schedule
+from lipsync.synthesis.schedule import ping_pong
+
+from ..core import EVAL_CRF, RunContext, TestClip, Unavailable
 from . import Method, register
 from .face2d import CropTemplate, blend_mask, crop_transforms, make_template, template_regions, warp_crop
 
@@ -349,7 +351,7 @@ def render_2d(model: Model2D, clip: TestClip, audio: Path, out: Path, *, device:
     from lipsync.audio_features import audio_windows, frames_for_audio
     from lipsync.media import load_audio
     from lipsync.prepared import open_prepared
-    from lipsync.synthesis import VideoWriter
+    from lipsync.media import VideoWriter
 
     from ..core import read_video
     from .face2d import paste_back
@@ -362,7 +364,7 @@ def render_2d(model: Model2D, clip: TestClip, audio: Path, out: Path, *, device:
     windows = model.audio_norm.apply(audio_windows(speech, n, clip.fps))[:, None]
     target = open_prepared(clip.prepared)
     mats = crop_transforms(np.array(target.array("landmarks"), np.float32), np.array(target.array("valid")), model.template)
-    schedule = frame_schedule(n, clip.frames)
+    schedule = ping_pong(n, clip.frames)
     split = model.net.split
     mask = blend_mask(model.template)
     mask[:split] = 0.0  # only the predicted rows are pasted

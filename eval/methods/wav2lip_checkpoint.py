@@ -198,9 +198,9 @@ class Wav2LipCheckpoint(Method):
         from lipsync.audio_features import frames_for_audio
         from lipsync.media import load_audio, write_wav
         from lipsync.prepared import open_prepared
-        from lipsync.synthesis import VideoWriter
+        from lipsync.media import VideoWriter
 
-        from ..core import frame_schedule
+        from lipsync.synthesis.schedule import ping_pong
         from .wav2lip_net import melspectrogram, mel_windows
 
         t0 = time.perf_counter()
@@ -223,7 +223,7 @@ class Wav2LipCheckpoint(Method):
         boxes, found = face_boxes(landmarks, clip.height, clip.width)
         cuts = np.asarray(prepared.array("cuts")) if "cuts" in prepared.manifest["arrays"] else None
         boxes = smooth_boxes(boxes, found, cuts)
-        schedule = frame_schedule(n, clip.frames)
+        schedule = ping_pong(n, clip.frames)
         # 3. generate batch by batch and write
         with tempfile.TemporaryDirectory(prefix="wav2lip-") as tmp:
             frames = read_video(clip.video, Path(tmp))

@@ -69,7 +69,7 @@ def compute_sharpness(sample: Sample, settings: dict) -> MetricValue:
 def consecutive_triples(target: np.ndarray) -> np.ndarray:
     """bool (T,): frame t is the middle of three target frames that are consecutive in the clip.
 
-    The output is laid over the clip ping-pong (``eval.core.frame_schedule``): where the schedule
+    The output is laid over the clip ping-pong (``lipsync.synthesis.ping_pong``): where the schedule
     turns round, frames t-1 and t+1 are the same clip frame, pixel for pixel, and the triple is not
     a piece of real motion. First and last frames have no triple.
     """

@@ -1,0 +1,123 @@
+"""``synthesize``: new audio -> the speaker's face, inserted into a target video.
+
+1. Audio (``speech``): any file ffmpeg reads, or text spoken by espeak-ng; 16 kHz mono; one frame
+   per 1/fps s.
+2. The model predicts (``predict``), auto-regressively, the pose-normalized vertices and the
+   lower-face texture of every output frame.
+3. The target (``targets``: the training video by default, or any video or still image of the same
+   person, preprocessed on the fly) gives each output frame a real frame, its head pose and its
+   lighting; target frames are played forward and backward (``schedule``) when the audio is longer.
+4. The predicted mesh is posed like the target frame, textured with the predicted atlas under the
+   target frame's lighting (the inverse of the lighting normalization), rendered, and blended into
+   the frame through a feathered lower-face mask, so no seam shows (``composite``).
+5. Frames and audio are encoded to H.264 + AAC (browser-playable mp4), written atomically.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..common import LipsyncError, Progress
+from .composite import assemble_atlas, blend_mask, composite_video
+from .speech import load_speech
+from .targets import prepare_target
+
+
+def _check_output(path: Path, suffixes: tuple[str, ...], what: str) -> Path:
+    path = Path(path)
+    if path.suffix.lower() not in suffixes:
+        raise LipsyncError(f"{path} should end in {' or '.join(suffixes)} for the {what}.")
+    if path.exists() and path.is_dir():
+        raise LipsyncError(f"{path} is a folder; give a file name for the {what}.")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise LipsyncError(f"the folder {parent} for the {what} does not exist; create it first.")
+    if not os.access(parent, os.W_OK):
+        raise LipsyncError(f"the folder {parent} is not writable; choose another place for the {what}.")
+    return path
+
+
+def predict(model, audio: np.ndarray, fps: float):
+    """Model outputs for 16 kHz ``audio`` at ``fps``: vertices (T,V,3) and crops (T,H,W,3) in [0,1]."""
+    import torch
+
+    from ..audio_features import audio_windows, frames_for_audio
+
+    n = frames_for_audio(len(audio), fps)
+    if n < 1:
+        raise LipsyncError(f"the audio is shorter than one video frame ({len(audio) / 16000 * 1000:.0f} ms); give at least {1000 / fps:.0f} ms of speech.")
+    windows = model.audio_norm.apply(audio_windows(audio, n, fps))[:, None]
+    with torch.no_grad():
+        verts, crops = model.net.rollout(torch.from_numpy(windows))
+    return verts.numpy(), crops.permute(0, 2, 3, 1).numpy()
+
+
+def synthesize(model, *, out: str | Path, audio: str | Path | None = None, text: str | None = None,
+               target: str | Path | None = None, mesh: str | Path | None = None,
+               blendshapes: str | Path | None = None, renderer: str = "auto", schedule: str = "usable",
+               crf: int = 18, progress: Progress | None = None) -> dict:
+    """Make a talking-head video (and optionally a .glb and a blendshape CSV); returns a summary.
+
+    ``schedule``: how output frames follow the target's frames (see ``frame_schedule``); ``crf``:
+    the H.264 quality (lower = closer to lossless, larger files)."""
+    from ..media import write_wav
+
+    progress = progress or (lambda stage, done, total: None)
+    out = _check_output(Path(out), (".mp4",), "video")
+    mesh = _check_output(Path(mesh), (".glb",), "3D mesh") if mesh else None
+    blendshapes = _check_output(Path(blendshapes), (".csv",), "blendshape weights") if blendshapes else None
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="lipsync-synth-") as tmpdir:
+        work = Path(tmpdir)
+        t0 = time.perf_counter()
+        speech, origin = load_speech(audio, text, work)
+        from ..audio_features import speech_activity
+
+        target_clip = prepare_target(model, target, work, progress)
+        fps = target_clip.fps
+        timings["prepare"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        verts, crops = predict(model, speech, fps)
+        n = len(verts)
+        active = speech_activity(speech, n, fps)
+        notes = list(target_clip.notes)
+        if not active.any():
+            notes.append("no speech was found in the audio: the mouth stays closed")
+        timings["model"] = time.perf_counter() - t0
+
+        sp = model.speaker
+        mask = blend_mask(sp, sp.reference_atlas.shape[0])
+        box = tuple(model.net.config.crop)
+        ref_crop = model.net.reference_crop.numpy().transpose(1, 2, 0)  # (h, w, 3) in [0, 1]
+        wav = work / "speech.wav"
+        write_wav(wav, speech[: int(round(n / fps * 16000))])
+        relight = bool(model.config.get("training", {}).get("options", {}).get("lighting_norm", True))
+        done = composite_video(sp, target_clip, verts, lambda i: assemble_atlas(sp.reference_atlas, crops[i] - ref_crop, box, mask),
+                               out, wav, schedule=schedule, renderer=renderer, relight=relight, workdir=work,
+                               crf=crf, progress=progress)
+        timings.update(done["timings"])
+        extras = {}
+        if mesh:
+            from ..export.gltf import write_glb
+
+            extras["mesh"] = write_glb(mesh, sp.reference_vertices, sp.faces, sp.uv, sp.reference_atlas, verts, fps)
+        if blendshapes:
+            from ..export.blendshapes import fit_blendshapes, write_blendshapes_csv, blendshape_basis
+            from ..topology import load_topology
+
+            topo = load_topology()
+            names, _ = blendshape_basis(sp.reference_vertices, topo)
+            weights = fit_blendshapes(verts, sp.reference_vertices, topo)
+            write_blendshapes_csv(blendshapes, weights, names, fps)
+            extras["blendshapes"] = {"names": names, "frames": int(len(weights))}
+    timings["total"] = time.perf_counter() - t_all
+    return {"out": str(out), "frames": n, "fps": fps, "seconds": n / fps, "audio": origin,
+            "resolution": f"{target_clip.width}x{target_clip.height}", "renderer": done["renderer"],
+            "target": str(target_clip.source), "notes": notes, "speech_fraction": float(active.mean()),
+            "timings_s": {k: round(v, 3) for k, v in timings.items()},
+            "frames_per_second": round(n / max(timings["total"], 1e-9), 1), **extras}

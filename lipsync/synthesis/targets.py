@@ -1,0 +1,165 @@
+"""Targets of synthesis: the frames a synthesized face is inserted into, each with the head pose and
+lighting that the face must take on. A target is the model's training clip, a prepared clip, or
+any video or still image of the same person, preprocessed on the fly."""
+from __future__ import annotations
+
+import subprocess
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..common import LipsyncError, Progress, path_arg
+from ..media import _tool
+
+@dataclass
+
+
+class Target:
+    """Frames to insert the face into, with pose and lighting per frame (T = target frames).
+
+    pose_scale (T,), pose_rotation (T,3,3), pose_translation (T,3) map the MODEL's canonical
+    vertices into the target image; gains (T,3,K) log-gain coefficients relative to the model's
+    normalized reference (NaN: unknown, no lighting change applied); valid bool (T,).
+    """
+    source: Path
+    fps: float
+    width: int
+    height: int
+    valid: np.ndarray
+    pose_scale: np.ndarray
+    pose_rotation: np.ndarray
+    pose_translation: np.ndarray
+    gains: np.ndarray
+    terms: list
+    frames_total: int
+    notes: list
+
+    def read_frames(self, count: int, folder: Path) -> np.ndarray:
+        """The first ``count`` frames (fewer if the video has fewer) as uint8 (N, H, W, 3), kept in a
+        memory-mapped file in ``folder`` so that long targets do not have to fit in memory."""
+        from ..media import FrameReader, probe
+
+        store = np.lib.format.open_memmap(folder / "target_frames.npy", mode="w+", dtype=np.uint8,
+                                          shape=(max(count, 1), self.height, self.width, 3))
+        n = 0
+        for frame in FrameReader(probe(self.source), max_frames=count):
+            store[n] = frame
+            n += 1
+        return store[:n]
+
+
+def _align_to(model_ref: np.ndarray, target_ref: np.ndarray, stable: np.ndarray):
+    """Similarity mapping the model's canonical frame onto the target clip's, and the shape
+    difference after it (RMS over all vertices, relative to the stable vertices' RMS radius)."""
+    from ..pose import apply_similarity, fit_similarity
+
+    s, r, t = fit_similarity(model_ref[stable], target_ref[stable])
+    mapped = apply_similarity(model_ref[None], s[None], r[None], t[None])[0]
+    radius = np.sqrt(((target_ref[stable] - target_ref[stable].mean(0)) ** 2).sum(1).mean())
+    diff = float(np.sqrt(((mapped - target_ref) ** 2).sum(1).mean()) / radius)
+    return (float(s), r, t), diff
+
+
+def appearance_similarity(model_atlas: np.ndarray, model_skin: np.ndarray, target_atlas: np.ndarray) -> float:
+    """How alike two speakers' reference atlases look: the correlation of their log luminance over
+    the texels both cover, after the target's smooth lighting relative to the model is removed."""
+    from ..lighting import estimate_gains, log_field, to_log
+
+    cov = (model_atlas.max(-1) > 0) & (target_atlas.max(-1) > 0)
+    ref_log = to_log(model_atlas)
+    terms, g = estimate_gains(target_atlas[None], cov[None], ref_log, model_skin & cov, degree=2)
+    if not np.isfinite(g).all():
+        return 0.0
+    tgt_log = to_log(target_atlas) - log_field(g[0], terms, model_atlas.shape[0])
+    x, y = ref_log.mean(-1)[cov], tgt_log.mean(-1)[cov]
+    return float(np.corrcoef(x, y)[0, 1]) if len(x) > 100 else 0.0
+
+
+# appearance similarity below which the target is probably someone else: measured 0.85-0.91
+# between clips of the same GRID speaker and 0.29-0.60 between pairs of six different people
+SAME_PERSON = 0.75
+
+
+def prepare_target(model, target: str | Path | None, workdir: Path, progress: Progress | None = None) -> Target:
+    """The training clip (``target=None``), a prepared clip folder made with ``--keep-raw-atlas``,
+    or any video/still image, preprocessed on the fly."""
+    return target_for_speaker(model.speaker, target, workdir, progress,
+                              training_prepared=model.config.get("training", {}).get("prepared"))
+
+
+def target_for_speaker(speaker, target: str | Path | None, workdir: Path, progress: Progress | None = None, *,
+                       training_prepared: str | None = None) -> Target:
+    """``prepare_target`` for a speaker's reference data (``model_io.SpeakerData``)."""
+    from ..lighting import frame_gains, to_log
+    from ..preprocessing import PreprocessOptions, preprocess
+    from ..prepared import MANIFEST, open_prepared
+    from ..topology import load_topology
+
+    topo = load_topology()
+    notes: list[str] = []
+    if target is None:
+        prepared = training_prepared
+        if not prepared or not Path(prepared).is_dir():
+            raise LipsyncError("the model's training clip is not on this machine any more; give a target video or image with --target.")
+        clip = open_prepared(prepared)
+        source = Path(clip.manifest["source"])
+        if not source.is_file():
+            raise LipsyncError(f"the training video {source} is gone; give a target video or image with --target.")
+        gains = np.array(clip.array("lighting_gains"))
+        terms = [tuple(t) for t in clip.manifest["lighting"]["temporal_terms"]]
+        pose_s, pose_r, pose_t = (np.array(clip.array(k)) for k in ("pose_scale", "pose_rotation", "pose_translation"))
+        return Target(source=source, fps=clip.fps, width=clip.manifest["width"], height=clip.manifest["height"],
+                      valid=np.array(clip.array("valid")), pose_scale=pose_s, pose_rotation=pose_r, pose_translation=pose_t,
+                      gains=gains, terms=terms, frames_total=clip.num_frames, notes=notes)
+
+    target = Path(target)
+    from ..media import probe
+
+    size = int(speaker.reference_atlas.shape[0])
+    opts = PreprocessOptions(atlas_size=size, keep_raw_atlas=True, previews=False, require_audio=False, min_seconds=0.5)
+    if target.is_dir() and (target / MANIFEST).is_file():
+        clip = open_prepared(target)
+        if "atlas_raw" not in clip.manifest["arrays"] or clip.atlas_size != size:
+            raise LipsyncError(f"the prepared target {target} needs the raw atlas at size {size}; preprocess it with "
+                               f"--keep-raw-atlas --atlas-size {size}.")
+        video = Path(clip.manifest["source"])
+    else:
+        video = target
+        try:
+            probe(target)
+        except LipsyncError as err:
+            if "still image" not in str(err):
+                raise
+            video = workdir / "still.mp4"  # a still image becomes a one-second video of itself
+            proc = subprocess.run([_tool("ffmpeg"), "-nostdin", "-v", "error", "-y", "-loop", "1", "-i",
+                                   path_arg(target), "-t", "1", "-r", "25", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
+                                   "-pix_fmt", "yuv420p", "-c:v", "libx264", path_arg(video)], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise LipsyncError(f"{target} could not be read as an image ({proc.stderr.strip()}).") from None
+            notes.append("the target is a still image: the head stays still")
+        clip = open_prepared(preprocess(video, workdir / "target", options=opts,
+                                        progress=progress and (lambda st, d, t: progress(f"target {st}", d, t))))
+    (s, r, t), _ = _align_to(speaker.reference_vertices, np.array(clip.array("reference_vertices")),
+                             topo.regions["stable"])
+    similarity = appearance_similarity(speaker.reference_atlas, speaker.region("skin"),
+                                       np.array(clip.array("reference_atlas")))
+    if similarity < SAME_PERSON:
+        msg = (f"the target's face does not look like the model's speaker (similarity {similarity:.2f} < {SAME_PERSON}); "
+               "it is probably a different person, and the result will look wrong")
+        warnings.warn(msg, stacklevel=2)
+        notes.append(msg)
+    # compose: model canonical -> target canonical (s, r, t) -> target image (per-frame pose)
+    ps, pr, pt = (np.array(clip.array(k)) for k in ("pose_scale", "pose_rotation", "pose_translation"))
+    pose_s = ps * s
+    pose_r = pr @ r
+    pose_t = pt + ps[:, None] * np.einsum("tij,j->ti", pr, t)
+    # lighting of each target frame relative to the model's normalized reference
+    skin = speaker.region("skin") & (speaker.reference_atlas.max(-1) > 0)
+    valid = np.array(clip.array("valid"))
+    terms, gains = frame_gains(clip.array("atlas_raw"), clip.array("atlas_mask"), to_log(speaker.reference_atlas), skin,
+                               degree=opts.lighting_degree, valid=valid, chunk=opts.chunk)
+    return Target(source=video, fps=clip.fps, width=clip.manifest["width"], height=clip.manifest["height"], valid=valid,
+                  pose_scale=pose_s, pose_rotation=pose_r.astype(np.float32), pose_translation=pose_t.astype(np.float32),
+                  gains=gains, terms=terms, frames_total=clip.num_frames, notes=notes)
