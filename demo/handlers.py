@@ -284,7 +284,9 @@ def loss_frame(job: jobs.TrainJob | None, folder: Path):
         for col, label in ((1, "train geometry"), (2, "train texture")):
             smooth = np.convolve(arr[:, col], kernel, mode="valid")  # index i ends at step i + k - 1
             rows += [(arr[i, 0], smooth[i - k + 1], label) for i in pick]
-    log_path = folder / "train_log.csv"
+    from lipsync.model_io import ModelFolder
+
+    log_path = ModelFolder(folder).log
     if log_path.is_file():
         log_rows = pd.read_csv(log_path)
         series = [("val_geometry", "validation geometry"), ("val_texture", "validation texture")]
@@ -361,17 +363,16 @@ def training_view(cfg: DemoConfig, session: dict, preset: str):
     job = jobs.training_job(folder)
     if job is not None and (not job.done.is_set() or job.error or job.cancelled):
         return loss_plot(job, folder), _job_status(job)
-    state = jobs.model_state(folder)
-    if state == "finished":
-        info = json.loads((folder / "training.json").read_text())
-        return loss_plot(None, folder), (f"<p>Trained: {info['steps']} steps in {_clock(info['seconds'])}; "
-                                          f"validation loss {info.get('val_loss') or float('nan'):.4f}.</p>")
-    if state == "stopped":
-        import torch
+    from lipsync.model_io import ModelFolder
 
-        ckpt = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=False)
-        total = ckpt["options"]["steps"]
-        return loss_plot(None, folder), _bar(ckpt["step"], total) + "<p>Stopped; <b>Train</b> resumes from the checkpoint.</p>"
+    model = ModelFolder(folder)
+    state = model.state()
+    if state == "finished":
+        info = model.summary()
+        return loss_plot(None, folder), (f"<p>Trained: {info.steps} steps in {_clock(info.seconds)}; "
+                                          f"validation loss {info.val_loss or float('nan'):.4f}.</p>")
+    if state == "stopped":
+        return loss_plot(None, folder), _bar(*model.stopped_at()) + "<p>Stopped; <b>Train</b> resumes from the checkpoint.</p>"
     if not speaker.is_prepared():
         return loss_plot(None, folder), "<p>Preprocess this speaker first (tab <b>Your speaker</b>).</p>"
     return loss_plot(None, folder), "<p>Not trained with this preset yet.</p>"

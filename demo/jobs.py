@@ -191,12 +191,10 @@ def model_dir(speaker: Speaker, preset: str) -> Path:
 
 
 def model_state(folder: Path) -> str:
-    """"finished", "stopped" (a checkpoint to resume from) or "none"."""
-    if (folder / "model.safetensors").is_file() and (folder / "training.json").is_file():
-        return "finished"
-    if (folder / "checkpoint.pt").is_file():
-        return "stopped"
-    return "none"
+    """"finished", "stopped" (a checkpoint to resume from) or "none" (``lipsync.model_io.ModelFolder``)."""
+    from lipsync.model_io import ModelFolder
+
+    return ModelFolder(folder).state()
 
 
 def finished_models(speaker: Speaker) -> list[tuple[str, Path]]:

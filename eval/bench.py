@@ -69,27 +69,24 @@ def _machine() -> dict:
 
 
 def bench_train(prepared: str, *, preset: str = "quick", keep: str | None = None, device: str = "auto") -> dict:
-    import csv
-
     from lipsync.training import train
 
     work = Path(tempfile.mkdtemp(prefix="lipsync-bench-"))
     out = Path(keep) if keep else work / "model"
     try:
         t0 = time.perf_counter()
-        train(prepared, out, preset=preset, device=device)
+        folder = train(prepared, out, preset=preset, device=device)
         wall = time.perf_counter() - t0
-        rows = list(csv.DictReader(open(out / "train_log.csv")))
-        summary = json.loads((out / "training.json").read_text())
+        rows, summary = folder.log_rows(), folder.summary()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     final = float(rows[-1]["val_loss"])
     reached = next(float(r["seconds"]) for r in rows if float(r["val_loss"]) <= 1.02 * final)
-    return {"benchmark": "train", "prepared": str(prepared), "preset": preset, "device": summary["device"],
-            "steps": summary["steps"], "train_seconds": summary["seconds"], "wall_seconds": round(wall, 1),
+    return {"benchmark": "train", "prepared": str(prepared), "preset": preset, "device": summary.device,
+            "steps": summary.steps, "train_seconds": summary.seconds, "wall_seconds": round(wall, 1),
             "seconds_to_final_val_loss": reached, "final_val_loss": round(final, 5),
-            "val_geometry": summary["val_geometry"], "val_texture": summary["val_texture"],
-            "steps_per_second": round(summary["steps"] / summary["seconds"], 2), "peak_memory": _peak_mib(),
+            "val_geometry": summary.val_geometry, "val_texture": summary.val_texture,
+            "steps_per_second": round(summary.steps / summary.seconds, 2), "peak_memory": _peak_mib(),
             "machine": _machine()}
 
 

@@ -70,19 +70,17 @@ def _cmd_train(args) -> int:
             b.close()
 
     try:
-        out = train(args.prepared, args.out, preset=args.preset, max_minutes=args.max_minutes, device=args.device,
-                    resume=args.resume, progress=progress)
+        folder = train(args.prepared, args.out, preset=args.preset, max_minutes=args.max_minutes,
+                       device=args.device, resume=args.resume, progress=progress)
     finally:
         if "bar" in bar:
             bar["bar"].close()
-    import json
-
-    summary = json.loads((out / "training.json").read_text())
-    print(f"model           {out}")
-    print(f"steps           {summary['steps']} in {summary['seconds']:.0f} s on {summary['device']}"
-          + (" (stopped at --max-minutes)" if summary["stopped_early"] else ""))
-    print(f"validation      geometry {summary['val_geometry']:.4f}, texture {summary['val_texture']:.4f}")
-    print(f"log             {out / 'train_log.csv'}, {out / 'loss.png'}")
+    summary = folder.summary()
+    print(f"model           {folder.path}")
+    print(f"steps           {summary.steps} in {summary.seconds:.0f} s on {summary.device}"
+          + (" (stopped at --max-minutes)" if summary.stopped_early else ""))
+    print(f"validation      geometry {summary.val_geometry:.4f}, texture {summary.val_texture:.4f}")
+    print(f"log             {folder.log}, {folder.plot}")
     return 0
 
 

@@ -1,4 +1,10 @@
-"""Saving and loading a trained model: ``model.safetensors`` + ``config.json`` in a folder.
+"""A trained model's folder: saving, loading, and what state it is in.
+
+A model folder holds ``model.safetensors`` + ``config.json`` (the model), ``training.json`` (the
+training summary, written last: its presence means training finished), ``checkpoint.pt`` (while
+training runs or after it stopped early; it lets training resume), ``train_log.csv`` and
+``loss.png``. ``ModelFolder`` answers what state a folder is in and reads its summary, so no
+caller needs these file names.
 
 ``config.json`` holds the format version, the network's ``ModelConfig``, the per-speaker audio
 normalization, the frame rate and the training summary; the speaker's reference data (reference
@@ -8,9 +14,12 @@ output layer, kept in the weights).
 """
 from __future__ import annotations
 
+import csv
 import json
-from dataclasses import dataclass
+import os
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -22,6 +31,7 @@ from .prepared import REGION_NAMES
 
 MODEL_FORMAT = 1
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
+SUMMARY, CHECKPOINT, LOG, PLOT = "training.json", "checkpoint.pt", "train_log.csv", "loss.png"
 SPEAKER_KEYS = ("reference_vertices", "faces", "uv", "reference_atlas", "region_masks")
 
 
@@ -59,6 +69,99 @@ def save_model(folder: Path, net, speaker: SpeakerData, audio_norm: AudioNorm, *
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(folder / WEIGHTS, save(tensors), what="model weights file")
     atomic_write_bytes(folder / CONFIG, json.dumps(config, indent=2).encode(), what="model config file")
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    """What ``training.json`` records about a finished training run.
+
+    Members:
+        preset: the preset's name; options: every ``TrainOptions`` field as a dict.
+        steps: optimizer steps run; seconds: training time (resumed runs included).
+        stopped_early: stopped by ``max_minutes``; device: "cpu" or "cuda".
+        prepared: the prepared clip trained on (absolute path).
+        frames_train, frames_val: frames in the training and the held-out validation part.
+        val_geometry, val_texture, val_loss: the last validation losses (None if never validated).
+    """
+    preset: str
+    options: dict
+    steps: int
+    seconds: float
+    stopped_early: bool = False
+    device: str = "cpu"
+    prepared: str = ""
+    frames_train: int = 0
+    frames_val: int = 0
+    val_geometry: float | None = None
+    val_texture: float | None = None
+    val_loss: float | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainSummary":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ModelFolder(os.PathLike):
+    """A model folder (see the module docstring); usable wherever a path is (``os.fspath``)."""
+    path: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(self.path))
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / CHECKPOINT
+
+    @property
+    def log(self) -> Path:
+        return self.path / LOG
+
+    @property
+    def plot(self) -> Path:
+        return self.path / PLOT
+
+    def state(self) -> Literal["finished", "stopped", "none"]:
+        """"finished" (a model to load), "stopped" (a checkpoint to resume from) or "none"."""
+        if (self.path / WEIGHTS).is_file() and (self.path / SUMMARY).is_file():
+            return "finished"
+        if self.checkpoint.is_file():
+            return "stopped"
+        return "none"
+
+    def summary(self) -> TrainSummary:
+        """The finished run's summary; ``LipsyncError`` when training has not finished."""
+        if self.state() != "finished":
+            raise LipsyncError(f"{self.path} holds no finished model; train it (or resume with 'lipsync train --resume').")
+        return TrainSummary.from_dict(json.loads((self.path / SUMMARY).read_text()))
+
+    def write_summary(self, summary: TrainSummary) -> None:
+        """Record that training finished (written last, atomically)."""
+        from .files import atomic_write_text
+
+        atomic_write_text(self.path / SUMMARY, json.dumps(summary.to_dict(), indent=2), what="training summary")
+
+    def stopped_at(self) -> tuple[int, int]:
+        """(step, total steps) of the run saved in the checkpoint (a stopped run)."""
+        import torch
+
+        ckpt = torch.load(self.checkpoint, map_location="cpu", weights_only=False)
+        return int(ckpt["step"]), int(ckpt["options"]["steps"])
+
+    def log_rows(self) -> list[dict]:
+        """The training log: one dict of floats per validation (``train_log.csv``); [] if none yet."""
+        if not self.log.is_file():
+            return []
+        with open(self.log, newline="") as f:
+            return [{k: float(v) if v not in ("", None) else float("nan") for k, v in row.items()}
+                    for row in csv.DictReader(f)]
 
 
 @dataclass

@@ -11,7 +11,6 @@ own prediction of the previous frame, made from the frame before it, as the inpu
 from __future__ import annotations
 
 import csv
-import json
 import os
 import random
 import time
@@ -22,11 +21,9 @@ from typing import Callable
 import numpy as np
 
 from .common import LipsyncError
-from .files import atomic_file, atomic_write_text
+from .files import atomic_file
+from .model_io import CHECKPOINT, LOG, PLOT, ModelFolder, TrainSummary
 
-CHECKPOINT = "checkpoint.pt"
-LOG = "train_log.csv"
-PLOT = "loss.png"
 LOG_FIELDS = ["step", "seconds", "lr", "train_geometry", "train_texture", "val_geometry", "val_texture", "val_loss"]
 
 
@@ -269,8 +266,9 @@ class TrainingStopped(LipsyncError):
 
 def train(prepared: str | Path, out: str | Path, *, preset: str = "quick", options: TrainOptions | None = None,
           max_minutes: float | None = None, device: str = "auto", resume: bool = False,
-          progress: TrainProgress | None = None, should_stop=None) -> Path:
-    """Train a model on a prepared clip; returns the model folder. See the module docstring.
+          progress: TrainProgress | None = None, should_stop=None) -> ModelFolder:
+    """Train a model on a prepared clip; returns the model folder (``ModelFolder``: its state and
+    summary; usable as a path). See the module docstring.
 
     ``should_stop``: a callable checked after every step (e.g. a Cancel button); when it returns
     True, training writes a checkpoint and raises ``TrainingStopped``."""
@@ -425,15 +423,16 @@ def train(prepared: str | Path, out: str | Path, *, preset: str = "quick", optio
 
     seconds = elapsed_before + time.perf_counter() - t0
     last = rows[-1] if rows else {}
-    summary = {"preset": preset, "options": asdict(options), "steps": step, "seconds": round(seconds, 1),
-               "stopped_early": stopped_early, "device": device, "prepared": str(Path(prepared).resolve()),
-               "frames_train": int(len(data.train)), "frames_val": int(len(data.val)),
-               "val_geometry": last.get("val_geometry"), "val_texture": last.get("val_texture"),
-               "val_loss": last.get("val_loss")}
+    summary = TrainSummary(preset=preset, options=asdict(options), steps=step, seconds=round(seconds, 1),
+                           stopped_early=stopped_early, device=device, prepared=str(Path(prepared).resolve()),
+                           frames_train=int(len(data.train)), frames_val=int(len(data.val)),
+                           val_geometry=last.get("val_geometry"), val_texture=last.get("val_texture"),
+                           val_loss=last.get("val_loss"))
     speaker = SpeakerData.from_prepared(clip)
     if not options.lighting_norm:
         speaker.reference_atlas = reference_atlas(clip, options)
-    save_model(out, net.cpu(), speaker, audio_norm, fps=clip.fps, training=summary)
-    atomic_write_text(out / "training.json", json.dumps(summary, indent=2), what="training summary")
-    return out
+    save_model(out, net.cpu(), speaker, audio_norm, fps=clip.fps, training=summary.to_dict())
+    folder = ModelFolder(out)
+    folder.write_summary(summary)
+    return folder
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -58,6 +59,21 @@ def test_tiny_model_overfits_the_fixture(tiny_model, prepared_grid):
     assert summary["steps"] == TINY.steps and summary["frames_val"] >= 5
 
 
+def test_model_folder_reports_its_state(tiny_model, tmp_path):
+    from lipsync.common import LipsyncError
+    from lipsync.model_io import ModelFolder
+
+    folder = ModelFolder(tiny_model)
+    assert folder.state() == "finished" and os.fspath(folder) == str(tiny_model)
+    summary = folder.summary()
+    assert summary.steps == TINY.steps and summary.frames_val > 0 and summary.val_loss > 0
+    assert summary.to_dict() == json.loads((tiny_model / "training.json").read_text())
+    assert [r["step"] for r in folder.log_rows()][-1] == TINY.steps
+    assert ModelFolder(tmp_path / "nothing").state() == "none"
+    with pytest.raises(LipsyncError, match="no finished model"):
+        ModelFolder(tmp_path / "nothing").summary()
+
+
 def test_saved_model_reloads_to_identical_outputs(tiny_model):
     a, b = load_model(tiny_model), load_model(tiny_model)
     windows = torch.randn(40, 1, 80, 24, generator=torch.Generator().manual_seed(0))
@@ -85,6 +101,9 @@ def test_training_is_reproducible_and_resumes_exactly(prepared_grid, tmp_path):
         train(prepared_grid.path, tmp_path / "c", options=opts, progress=lambda s, n, l: steps.append(s),
               should_stop=lambda: len(steps) >= 17)
     assert not (tmp_path / "c" / "model.safetensors").exists()
+    from lipsync.model_io import ModelFolder
+
+    assert ModelFolder(tmp_path / "c").state() == "stopped" and ModelFolder(tmp_path / "c").stopped_at() == (17, 30)
     train(prepared_grid.path, tmp_path / "c", options=opts, resume=True)
     sc = load_model(tmp_path / "c").net.state_dict()
     assert all(torch.equal(sa[k], sc[k]) for k in sa)
@@ -181,3 +200,18 @@ def test_loss_plots_never_use_mathtext():
         labels = [t.get_text() for t in ax.get_yticklabels() + ax.yaxis.get_minorticklabels()]
         assert not any("$" in t for t in labels), labels
         assert any(t for t in labels), "the axis still has labels"
+
+
+def test_cli_train_reports_the_model(prepared_grid, tmp_path):
+    """``lipsync train`` prints the summary it reads back from the model folder."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = tmp_path / "cli-model"
+    r = subprocess.run([sys.executable, "-m", "lipsync", "train", str(prepared_grid.path), "--out", str(out),
+                        "--max-minutes", "0.01", "--quiet"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"model           {out}" in r.stdout and "(stopped at --max-minutes)" in r.stdout
+    assert "validation      geometry" in r.stdout and str(out / "train_log.csv") in r.stdout

@@ -306,15 +306,16 @@ def fit_no_pose_norm(ctx: RunContext) -> Path:
     """Prepare the crop clip of ``ctx.train_prepared`` and train lipsync's model on it with the
     run's preset and seed; returns the model folder. Both live in ``no_pose_norm_folder(ctx)``,
     and a finished model (``model.safetensors``) is reused."""
+    from lipsync.model_io import ModelFolder
     from lipsync.training import PRESETS, train
 
     root = no_pose_norm_folder(ctx)
     model_dir, crop_dir = root / "model", root / "crop2d"
-    if (model_dir / "model.safetensors").is_file():
+    if ModelFolder(model_dir).state() == "finished":
         return model_dir
     if not (crop_dir / "manifest.json").is_file():
         prepare_crop2d(ctx.train_prepared, ctx.train_video, crop_dir, progress=ctx.progress)
-    resume = (model_dir / "checkpoint.pt").is_file()
+    resume = ModelFolder(model_dir).state() == "stopped"
     if model_dir.exists() and not resume:
         shutil.rmtree(model_dir)  # an attempt that died before its first checkpoint
     train(crop_dir, model_dir, preset=ctx.preset if ctx.preset in PRESETS else "quick",

@@ -15,7 +15,6 @@ training resumes from its checkpoint.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -39,21 +38,21 @@ def train_options(preset: str, **changes):
 
 def train_cached(ctx: RunContext, name: str, prepared: Path, options) -> tuple[Path, dict]:
     """Train (or reuse) a lipsync model on ``prepared``; returns its folder and facts."""
+    from lipsync.model_io import ModelFolder
     from lipsync.training import train
 
     key = content_key(Path(prepared) / "manifest.json", asdict(options), VERSION)
-    folder = Path(ctx.cache) / f"model-{name}-{key}"
-    if (folder / "model.safetensors").is_file() and (folder / "training.json").is_file():
-        info = json.loads((folder / "training.json").read_text())
-        return folder, {"cached": True, "train_seconds": info.get("seconds"), "steps": info.get("steps"),
-                        "val_loss": info.get("val_loss"), "model": str(folder)}
-    resume = (folder / "checkpoint.pt").is_file()
+    folder = ModelFolder(Path(ctx.cache) / f"model-{name}-{key}")
+    if folder.state() == "finished":
+        info = folder.summary()
+        return folder.path, {"cached": True, "train_seconds": info.seconds, "steps": info.steps,
+                             "val_loss": info.val_loss, "model": str(folder.path)}
+    resume = folder.state() == "stopped"
     t0 = time.perf_counter()
-    train(prepared, folder, options=options, device=ctx.device, resume=resume,
-          progress=lambda step, total, losses: ctx.progress(f"train {name}", step, total))
-    info = json.loads((folder / "training.json").read_text())
-    return folder, {"cached": False, "resumed": resume, "train_seconds": round(time.perf_counter() - t0, 1),
-                    "steps": info.get("steps"), "val_loss": info.get("val_loss"), "model": str(folder)}
+    info = train(prepared, folder.path, options=options, device=ctx.device, resume=resume,
+                 progress=lambda step, total, losses: ctx.progress(f"train {name}", step, total)).summary()
+    return folder.path, {"cached": False, "resumed": resume, "train_seconds": round(time.perf_counter() - t0, 1),
+                         "steps": info.steps, "val_loss": info.val_loss, "model": str(folder.path)}
 
 
 @register
@@ -108,10 +107,12 @@ class NoPoseNorm(Method):
         from .crop2d_prepared import fit_no_pose_norm
 
         t0 = time.perf_counter()
+        from lipsync.model_io import ModelFolder
+
         self.model_dir = fit_no_pose_norm(self.ctx)
-        info = json.loads((self.model_dir / "training.json").read_text())
+        info = ModelFolder(self.model_dir).summary()
         self._model = None
-        return {"train_seconds": info.get("seconds"), "steps": info.get("steps"), "val_loss": info.get("val_loss"),
+        return {"train_seconds": info.seconds, "steps": info.steps, "val_loss": info.val_loss,
                 "fit_seconds": round(time.perf_counter() - t0, 1), "model": str(self.model_dir)}
 
     def render(self, clip: TestClip, audio: Path, out: Path) -> dict:
