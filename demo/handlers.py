@@ -186,7 +186,7 @@ def run_example(cfg: DemoConfig, session: dict, text: str, progress=gr.Progress(
         video, mesh, _ = _result_files(out)
         speech = speech_file(cfg, "text", None, text, out)
         summary = load_model(folder).synthesize(out=video, audio=speech, mesh=mesh, blendshapes=out / "blendshapes.csv",
-                                                progress=stage_progress(progress, "3/3 synthesize: "))
+                                                progress=stage_progress(progress, "3/3 synthesize: ")).to_dict()
         summary["wall_s"] = round(time.perf_counter() - t0, 1)
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))  # marks the cache entry done
         cached = (*_result_files(out), _synthesis_status(summary) + f" Preprocessing, training and synthesis "
@@ -195,6 +195,7 @@ def run_example(cfg: DemoConfig, session: dict, text: str, progress=gr.Progress(
 
 
 def _synthesis_status(summary: dict, *, cached: bool = False) -> str:
+    """The page's description of a synthesis (``SynthesisResult.to_dict()``, or its cached JSON)."""
     lines = [f"**{summary['frames']} frames** ({summary['seconds']:.1f} s at {summary['fps']:g} fps, "
              f"{summary['resolution']}), rendered with {summary['renderer']}; speech in "
              f"{100 * summary.get('speech_fraction', 0):.0f}% of frames."]
@@ -471,7 +472,7 @@ def synthesize_speech(cfg: DemoConfig, session: dict, preset: str | None, source
         speech = speech_file(cfg, source, audio, text, out)
         summary = load_model(folder).synthesize(out=video, audio=speech, target=target_path, mesh=mesh,
                                                 blendshapes=out / "blendshapes.csv",
-                                                progress=stage_progress(progress))
+                                                progress=stage_progress(progress)).to_dict()
     except LipsyncError as err:
         shutil.rmtree(out, ignore_errors=True)
         msg = str(err)

@@ -101,12 +101,12 @@ def bench_synthesize(model_dir: str, audio: str, *, target: str | None = None, r
         wall = time.perf_counter() - t0
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    t = r["timings_s"]
-    stages = {k: {"seconds": v, "frames_per_s": round(r["frames"] / v, 1) if v > 0 else None}
+    t = r.timings_s
+    stages = {k: {"seconds": v, "frames_per_s": round(r.frames / v, 1) if v > 0 else None}
               for k, v in t.items() if k != "total"}
-    return {"benchmark": "synthesize", "model": str(model_dir), "audio": str(audio), "target": r["target"],
-            "frames": r["frames"], "fps_video": r["fps"], "resolution": r.get("resolution"), "renderer": r.get("renderer"),
-            "stages": stages, "total_s": round(wall, 3), "overall_frames_per_s": round(r["frames"] / wall, 1),
+    return {"benchmark": "synthesize", "model": str(model_dir), "audio": str(audio), "target": r.target,
+            "frames": r.frames, "fps_video": r.fps, "resolution": r.resolution, "renderer": r.renderer,
+            "stages": stages, "total_s": round(wall, 3), "overall_frames_per_s": round(r.frames / wall, 1),
             "peak_memory": _peak_mib(), "machine": _machine()}
 
 

@@ -98,17 +98,17 @@ def _cmd_synthesize(args) -> int:
     for w in caught:
         if issubclass(w.category, UserWarning):
             print(f"lipsync: warning: {w.message}", file=sys.stderr)
-    print(f"video           {summary['out']} ({summary['frames']} frames, {summary['seconds']:.2f} s at {summary['fps']:g} fps)")
-    print(f"audio           {summary['audio']}")
-    print(f"target          {summary['target']}")
-    if "mesh" in summary:
+    print(f"video           {summary.out} ({summary.frames} frames, {summary.seconds:.2f} s at {summary.fps:g} fps)")
+    print(f"audio           {summary.audio}")
+    print(f"target          {summary.target}")
+    if summary.mesh is not None:
         print(f"mesh            {args.mesh}")
-    if "blendshapes" in summary:
-        print(f"blendshapes     {args.blendshapes} ({len(summary['blendshapes']['names'])} shapes)")
-    t = summary["timings_s"]
-    print("time            {:.1f} s ({:.1f} frames/s): ".format(t["total"], summary["frames_per_second"])
+    if summary.blendshapes is not None:
+        print(f"blendshapes     {args.blendshapes} ({len(summary.blendshapes['names'])} shapes)")
+    t = summary.timings_s
+    print("time            {:.1f} s ({:.1f} frames/s): ".format(t["total"], summary.frames_per_second)
           + ", ".join(f"{k} {v:.1f}" for k, v in t.items() if k != "total"))
-    for note in summary["notes"]:
+    for note in summary.notes:
         print(f"note            {note}")
     return 0
 

@@ -64,4 +64,4 @@ def test_a_different_person_as_target_is_warned_about(shared_data, prepared_grid
         r = model.synthesize(out=tmp_path / "o.mp4", audio=prepared_grid.path / "audio.wav",
                              target=shared_data / "clips" / "news_anchor_de_20s.mp4", renderer="gl")
     assert any("different person" in str(w.message) for w in caught)
-    assert any("different person" in n for n in r["notes"])
+    assert any("different person" in n for n in r.notes)

@@ -44,10 +44,10 @@ def test_synthesis_gives_a_playable_video_with_sound(model, speech, tmp_path):
     streams = stream_info(out)
     assert streams["video"]["codec_name"] == "h264" and streams["audio"]["codec_name"] == "aac"
     frames = int(streams["video"]["nb_frames"])
-    assert frames == r["frames"] and abs(frames / 25 - 1.5) <= 1 / 25  # duration matches the audio within a frame
+    assert frames == r.frames and abs(frames / 25 - 1.5) <= 1 / 25  # duration matches the audio within a frame
     assert abs(float(streams["audio"]["duration"]) - 1.5) <= 1 / 25 + 0.03
     assert [p.name for p in tmp_path.iterdir()] == ["talk.mp4"]  # no temporary files left
-    assert set(r["timings_s"]) >= {"model", "render", "blend", "encode", "total"}
+    assert set(r.timings_s) >= {"model", "render", "blend", "encode", "total"}
 
 
 def test_only_the_lower_face_changes(model, speech, tmp_path, grid_clip):
@@ -77,7 +77,7 @@ def test_long_audio_ping_pongs_the_target(model, tmp_path, grid_clip):
     audio = tmp_path / "long.wav"
     ffmpeg("-stream_loop", "2", "-i", str(grid_clip), "-vn", "-t", "7", "-ac", "1", "-ar", "16000", str(audio))
     r = model.synthesize(out=tmp_path / "long.mp4", audio=audio, renderer="gl")
-    assert r["frames"] == 175  # 7 s at 25 fps: longer than the 3 s target, which plays back and forth
+    assert r.frames == 175  # 7 s at 25 fps: longer than the 3 s target, which plays back and forth
     assert ping_pong(7, 4).tolist() == [0, 1, 2, 3, 2, 1, 0]
 
 
@@ -85,20 +85,20 @@ def test_text_is_spoken_with_espeak(model, tmp_path):
     if not __import__("shutil").which("espeak-ng"):
         pytest.skip("espeak-ng is not installed (make test installs it)")
     r = model.synthesize(out=tmp_path / "tts.mp4", text="Hello there.", renderer="gl")
-    assert r["frames"] > 10 and "espeak" in r["audio"]
+    assert r.frames > 10 and "espeak" in r.audio
 
 
 def test_other_targets_video_and_still_image(model, speech, tmp_path, grid_clip):
     still = tmp_path / "face.png"
     ffmpeg("-i", str(grid_clip), "-vf", "select=eq(n\\,30)", "-frames:v", "1", str(still))
     r = model.synthesize(out=tmp_path / "still.mp4", audio=speech, target=still, renderer="gl")
-    assert any("still image" in n for n in r["notes"])
+    assert any("still image" in n for n in r.notes)
     silent_target = tmp_path / "target.mp4"  # a target needs no sound of its own
     ffmpeg("-i", str(grid_clip), "-an", "-c:v", "libx264", str(silent_target))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # same person: no warning
         r = model.synthesize(out=tmp_path / "video.mp4", audio=speech, target=silent_target, renderer="gl")
-    assert r["frames"] == 37 or r["frames"] == 38
+    assert r.frames == 37 or r.frames == 38
 
 
 def test_mesh_and_blendshapes_exports(model, speech, tmp_path):
@@ -107,9 +107,9 @@ def test_mesh_and_blendshapes_exports(model, speech, tmp_path):
     from lipsync.export.gltf import read_glb
 
     glb = read_glb(tmp_path / "face.glb")
-    assert len(glb["times"]) == r["frames"]
+    assert len(glb["times"]) == r.frames
     rows = (tmp_path / "face.csv").read_text().strip().splitlines()
-    assert rows[0].startswith("frame,time_s,") and "jawOpen" in rows[0] and len(rows) == r["frames"] + 1
+    assert rows[0].startswith("frame,time_s,") and "jawOpen" in rows[0] and len(rows) == r.frames + 1
 
 
 def test_same_person_check(model, prepared_grid):
@@ -164,7 +164,7 @@ def test_silent_audio_gives_a_still_closed_mouth(model, tmp_path):
 
     sf.write(tmp_path / "silence.wav", np.zeros(32000, np.float32), 16000)
     r = model.synthesize(out=tmp_path / "s.mp4", audio=tmp_path / "silence.wav", renderer="gl")
-    assert any("no speech" in n for n in r["notes"])
+    assert any("no speech" in n for n in r.notes)
     verts, crops = predict(model, np.zeros(32000, np.float32), 25.0)
     assert np.ptp(mouth_opening(verts)) < 0.01
 

@@ -80,7 +80,7 @@ class LipSync3D(Method):
     def render(self, clip: TestClip, audio: Path, out: Path) -> dict:
         r = self.model().synthesize(out=out, audio=audio, target=clip.prepared, schedule="aligned",
                                     renderer=self.ctx.options.get("renderer", "auto"), crf=EVAL_CRF)
-        return {"frames": r["frames"], "renderer": r["renderer"], "notes": r["notes"]}
+        return {"frames": r.frames, "renderer": r.renderer, "notes": r.notes}
 
 
 @register

@@ -6,11 +6,11 @@ and lighting to insert the face into), ``schedule`` (which target frame each out
 encoding is ``lipsync.media.VideoWriter``.
 """
 from .composite import RENDER_VERSION, TEXTURE_UPSAMPLE, assemble_atlas, blend_mask, composite_video, feather_mask
-from .pipeline import predict, synthesize
+from .pipeline import SynthesisResult, predict, synthesize
 from .schedule import frame_schedule, ping_pong
 from .speech import load_speech, text_to_speech
 from .targets import SAME_PERSON, Target, appearance_similarity, prepare_target, target_for_speaker
 
-__all__ = ["RENDER_VERSION", "SAME_PERSON", "TEXTURE_UPSAMPLE", "Target", "appearance_similarity", "assemble_atlas",
+__all__ = ["RENDER_VERSION", "SAME_PERSON", "SynthesisResult", "TEXTURE_UPSAMPLE", "Target", "appearance_similarity", "assemble_atlas",
            "blend_mask", "composite_video", "feather_mask", "frame_schedule", "load_speech", "ping_pong", "predict",
            "prepare_target", "synthesize", "target_for_speaker", "text_to_speech"]

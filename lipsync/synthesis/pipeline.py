@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,40 @@ from ..common import LipsyncError, Progress
 from .composite import assemble_atlas, blend_mask, composite_video
 from .speech import load_speech
 from .targets import prepare_target
+
+
+@dataclass(frozen=True)
+class SynthesisResult:
+    """What ``synthesize`` made.
+
+    Members:
+        out: the video written; frames, fps, seconds: its length; resolution: "WxH".
+        audio: where the speech came from (a path, or "text (N characters, espeak-ng)").
+        target: the video the face was inserted into; renderer: the renderer's class name.
+        notes: what a person should know about the result (a still target, no speech, ...).
+        speech_fraction: share of frames with speech.
+        timings_s: seconds per stage and "total"; frames_per_second: frames over the total time.
+        mesh: the .glb's summary (``lipsync.export.gltf.write_glb``) when one was asked for.
+        blendshapes: {"names": [...], "frames": T} when a blendshape CSV was asked for.
+    """
+    out: str
+    frames: int
+    fps: float
+    seconds: float
+    audio: str
+    resolution: str
+    renderer: str
+    target: str
+    notes: list = field(default_factory=list)
+    speech_fraction: float = 0.0
+    timings_s: dict = field(default_factory=dict)
+    frames_per_second: float = 0.0
+    mesh: dict | None = None
+    blendshapes: dict | None = None
+
+    def to_dict(self) -> dict:
+        """As plain JSON-ready data (``mesh``/``blendshapes`` only when made)."""
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in ("mesh", "blendshapes")}
 
 
 def _check_output(path: Path, suffixes: tuple[str, ...], what: str) -> Path:
@@ -59,8 +94,8 @@ def predict(model, audio: np.ndarray, fps: float):
 def synthesize(model, *, out: str | Path, audio: str | Path | None = None, text: str | None = None,
                target: str | Path | None = None, mesh: str | Path | None = None,
                blendshapes: str | Path | None = None, renderer: str = "auto", schedule: str = "usable",
-               crf: int = 18, progress: Progress | None = None) -> dict:
-    """Make a talking-head video (and optionally a .glb and a blendshape CSV); returns a summary.
+               crf: int = 18, progress: Progress | None = None) -> SynthesisResult:
+    """Make a talking-head video (and optionally a .glb and a blendshape CSV); returns what it made.
 
     ``schedule``: how output frames follow the target's frames (see ``frame_schedule``); ``crf``:
     the H.264 quality (lower = closer to lossless, larger files)."""
@@ -116,8 +151,8 @@ def synthesize(model, *, out: str | Path, audio: str | Path | None = None, text:
             write_blendshapes_csv(blendshapes, weights, names, fps)
             extras["blendshapes"] = {"names": names, "frames": int(len(weights))}
     timings["total"] = time.perf_counter() - t_all
-    return {"out": str(out), "frames": n, "fps": fps, "seconds": n / fps, "audio": origin,
-            "resolution": f"{target_clip.width}x{target_clip.height}", "renderer": done["renderer"],
-            "target": str(target_clip.source), "notes": notes, "speech_fraction": float(active.mean()),
-            "timings_s": {k: round(v, 3) for k, v in timings.items()},
-            "frames_per_second": round(n / max(timings["total"], 1e-9), 1), **extras}
+    return SynthesisResult(out=str(out), frames=n, fps=fps, seconds=n / fps, audio=origin,
+                           resolution=f"{target_clip.width}x{target_clip.height}", renderer=done["renderer"],
+                           target=str(target_clip.source), notes=notes, speech_fraction=float(active.mean()),
+                           timings_s={k: round(v, 3) for k, v in timings.items()},
+                           frames_per_second=round(n / max(timings["total"], 1e-9), 1), **extras)
