@@ -216,22 +216,20 @@ def speaker_overview(cfg: DemoConfig, speaker: jobs.Speaker) -> tuple:
 
     if not speaker.is_prepared():
         return (f"**{speaker.name}** is not preprocessed yet.", None, None, None, None, None)
-    m = open_prepared(speaker.prepared).manifest
-    light = m["lighting"]
+    m = open_prepared(speaker.prepared).info
+    light = m.lighting
     lines = [
         f"### {speaker.name}",
-        f"- video: {m['width']}x{m['height']}, {m['fps']:g} fps, {m['frames']} frames ({m['duration_s']:.1f} s)",
-        f"- usable: {m['usable_s']:.1f} s ({100 * m['valid_fraction']:.0f}% of frames; "
-        f"{m['interpolated_frames']} interpolated, {m['excluded_frames']} excluded)",
-        f"- face: {m['face_width_px']:.0f} px wide; head yaw {m['pose']['yaw_deg'][0]:+.0f}..{m['pose']['yaw_deg'][1]:+.0f} deg",
+        f"- video: {m.width}x{m.height}, {m.fps:g} fps, {m.frames} frames ({m.duration_s:.1f} s)",
+        f"- usable: {m.usable_s:.1f} s ({100 * m.valid_fraction:.0f}% of frames; "
+        f"{m.interpolated_frames} interpolated, {m.excluded_frames} excluded)",
+        f"- face: {m.face_width_px:.0f} px wide; head yaw {m.pose['yaw_deg'][0]:+.0f}..{m.pose['yaw_deg'][1]:+.0f} deg",
         f"- lighting change over time (std, log units): {light['temporal_std_before']:.3f} before, "
         f"{light['temporal_std_after']:.3f} after normalization",
-        f"- preprocessing took {m['timings_s']['total']:.1f} s",
+        f"- preprocessing took {m.timings_s['total']:.1f} s",
     ]
-    warnings = m.get("warnings", [])
-    lines.append("\n**Warnings**\n" + "\n".join(f"- ⚠️ {w}" for w in warnings) if warnings else "\nNo warnings.")
-    previews = m.get("previews", {})
-    images = [str(speaker.prepared / previews[k]) if k in previews else None for k in PREVIEWS]
+    lines.append("\n**Warnings**\n" + "\n".join(f"- ⚠️ {w}" for w in m.warnings) if m.warnings else "\nNo warnings.")
+    images = [str(speaker.prepared / m.previews[k]) if k in m.previews else None for k in PREVIEWS]
     return ("\n".join(lines), *images)
 
 

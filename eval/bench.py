@@ -40,27 +40,27 @@ def bench_preprocess(video: str, *, atlas_size: int = 256, previews: bool = True
         t0 = time.perf_counter()
         preprocess(video, out, options=PreprocessOptions(atlas_size=atlas_size, previews=previews), overwrite=True)
         wall = time.perf_counter() - t0
-        m = open_prepared(out).manifest
+        m = open_prepared(out).info
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    n = m["frames"]
+    n = m.frames
     stages = {k: {"seconds": v, "frames_per_s": round(n / v, 1) if v > 0 else None}
-              for k, v in m["timings_s"].items() if k != "total"}
+              for k, v in m.timings_s.items() if k != "total"}
     return {
         "benchmark": "preprocess",
         "video": str(video),
         "frames": n,
-        "resolution": f"{m['width']}x{m['height']}",
-        "fps_source": m["fps"],
+        "resolution": f"{m.width}x{m.height}",
+        "fps_source": m.fps,
         "atlas_size": atlas_size,
         "previews": previews,
         "stages": stages,
         "total_s": round(wall, 3),
         "overall_frames_per_s": round(n / wall, 1),
-        "realtime_factor": round((n / m["fps"]) / wall, 2),
+        "realtime_factor": round((n / m.fps) / wall, 2),
         "peak_memory": _peak_mib(),
         "machine": _machine(),
-        "versions": m["versions"],
+        "versions": m.versions,
     }
 
 

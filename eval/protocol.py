@@ -73,9 +73,9 @@ def split_points(frames: int, fps: float, test_fraction: float, clip_seconds: fl
 def clip_from(name: str, video: Path, prepared: Path) -> TestClip:
     from lipsync.prepared import open_prepared
 
-    m = open_prepared(prepared).manifest
-    return TestClip(name=name, video=Path(video), audio=Path(prepared) / m["audio"]["file"], prepared=Path(prepared),
-                    fps=float(m["fps"]), frames=int(m["frames"]), width=int(m["width"]), height=int(m["height"]))
+    m = open_prepared(prepared).info
+    return TestClip(name=name, video=Path(video), audio=Path(prepared) / m.audio_file, prepared=Path(prepared),
+                    fps=m.fps, frames=m.frames, width=m.width, height=m.height)
 
 
 def prepare_protocol(video: Path, cache: Path, *, test_clips: Path | None = None, test_fraction: float = 0.2,
@@ -128,6 +128,6 @@ def prepare_protocol(video: Path, cache: Path, *, test_clips: Path | None = None
         clips.append(clip_from(name, path, prepare_cached(path, cache, sync_audio=False)))
     facts = {"protocol": "self-reenactment", "frames": n, "fps": fps, "train_frames": split,
              "test_frames": int(sum(b - a for a, b in ranges)), "test_fraction": test_fraction,
-             "clip_seconds": clip_seconds, "audio_sync": full.manifest.get("sync")}
+             "clip_seconds": clip_seconds, "audio_sync": full.info.sync}
     (seg / "split.json").write_text(json.dumps({"split": split, "ranges": ranges}))
     return train_video, train_prepared, clips, facts

@@ -8,7 +8,8 @@ array; the manifest repeats each one's shape and dtype.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -49,37 +50,126 @@ REGION_NAMES = ("skin", "mouth", "lower_face", "eyes")
 
 
 @dataclass(frozen=True)
+class Manifest:
+    """The typed view of ``manifest.json`` that readers use (the JSON itself keeps every figure;
+    ``PreparedClip.manifest`` is it as a dict).
+
+    Members:
+        source: the video preprocessed; fps, frames, width, height, duration_s: its format (frames
+            actually decoded); atlas_size: S.
+        reference_frame, reference_candidates: the frontal closed-mouth frame and the frames
+            averaged into the reference shape and atlas.
+        region_names: the order of ``region_masks`` (use ``PreparedClip.regions()``).
+        arrays: array name -> its file, dtype, shape and meaning (``ARRAYS``).
+        audio_file: the speech track (16 kHz mono, sample 0 = start of frame 0).
+        temporal_terms, spatial_terms: exponents of the lighting bases (``lipsync.lighting``).
+        lighting: the lighting figures (temporal std, residual, asymmetry before/after).
+        sync: whether and how the audio was re-aligned; warnings: quality warnings.
+        timings_s, frames_per_second: how long preprocessing took; versions: of the libraries used.
+        previews: preview name -> relative path (empty without previews).
+        valid_fraction, tracked_fraction: shares of usable and tracked frames; usable_s: seconds of
+            usable frames; interpolated_frames, excluded_frames, appearance_outliers: frame counts;
+            cuts: frames that start a new shot; faces_seen_max: most faces in one frame;
+            face_width_px: median face width; pose: yaw/pitch/roll ranges in degrees.
+    """
+    source: Path
+    fps: float
+    frames: int
+    width: int
+    height: int
+    duration_s: float
+    atlas_size: int
+    reference_frame: int
+    reference_candidates: tuple
+    region_names: tuple
+    arrays: dict
+    audio_file: str
+    temporal_terms: tuple
+    spatial_terms: tuple
+    lighting: dict = field(default_factory=dict)
+    sync: dict = field(default_factory=dict)
+    warnings: tuple = ()
+    timings_s: dict = field(default_factory=dict)
+    frames_per_second: float | None = None
+    versions: dict = field(default_factory=dict)
+    previews: dict = field(default_factory=dict)
+    valid_fraction: float = 1.0
+    tracked_fraction: float = 1.0
+    usable_s: float = 0.0
+    interpolated_frames: int = 0
+    excluded_frames: int = 0
+    appearance_outliers: int = 0
+    cuts: tuple = ()
+    faces_seen_max: int = 1
+    face_width_px: float = 0.0
+    pose: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, m: dict) -> "Manifest":
+        light = m.get("lighting", {})
+        return cls(source=Path(m["source"]), fps=float(m["fps"]), frames=int(m["frames"]), width=int(m["width"]),
+                   height=int(m["height"]), duration_s=float(m.get("duration_s", m["frames"] / m["fps"])),
+                   atlas_size=int(m["atlas_size"]), reference_frame=int(m["reference_frame"]),
+                   reference_candidates=tuple(int(c) for c in m.get("reference_candidates", [m["reference_frame"]])),
+                   region_names=tuple(m.get("region_names", REGION_NAMES)), arrays=dict(m.get("arrays", {})),
+                   audio_file=m.get("audio", {}).get("file", "audio.wav"),
+                   temporal_terms=tuple(tuple(t) for t in light.get("temporal_terms", [])),
+                   spatial_terms=tuple(tuple(t) for t in light.get("spatial_terms", [])),
+                   lighting={k: v for k, v in light.items() if k not in ("temporal_terms", "spatial_terms")},
+                   sync=dict(m.get("sync", {})), warnings=tuple(m.get("warnings", [])),
+                   timings_s=dict(m.get("timings_s", {})), frames_per_second=m.get("frames_per_second"),
+                   versions=dict(m.get("versions", {})), previews=dict(m.get("previews", {})),
+                   valid_fraction=float(m.get("valid_fraction", 1.0)),
+                   tracked_fraction=float(m.get("tracked_fraction", 1.0)), usable_s=float(m.get("usable_s", 0.0)),
+                   interpolated_frames=int(m.get("interpolated_frames", 0)),
+                   excluded_frames=int(m.get("excluded_frames", 0)),
+                   appearance_outliers=int(m.get("appearance_outliers", 0)), cuts=tuple(m.get("cuts", [])),
+                   faces_seen_max=int(m.get("faces_seen_max", 1)), face_width_px=float(m.get("face_width_px", 0.0)),
+                   pose=dict(m.get("pose", {})))
+
+    def has_array(self, name: str) -> bool:
+        return name in self.arrays
+
+
+@dataclass(frozen=True)
 class PreparedClip:
-    """A prepared clip opened for reading; arrays are memory-mapped on first access."""
+    """A prepared clip opened for reading; arrays are memory-mapped on first access.
+
+    ``info`` is the typed manifest (``Manifest``); ``manifest`` the JSON as a dict."""
     path: Path
     manifest: dict
 
+    @cached_property
+    def info(self) -> Manifest:
+        return Manifest.from_dict(self.manifest)
+
     @property
     def fps(self) -> float:
-        return float(self.manifest["fps"])
+        return self.info.fps
 
     @property
     def num_frames(self) -> int:
-        return int(self.manifest["frames"])
+        return self.info.frames
 
     @property
     def atlas_size(self) -> int:
-        return int(self.manifest["atlas_size"])
+        return self.info.atlas_size
 
     def array(self, name: str, *, mmap: bool = True) -> np.ndarray:
-        spec = self.manifest["arrays"].get(name)
+        spec = self.info.arrays.get(name)
         if spec is None:
             raise KeyError(f"{self.path} has no array {name!r}")
         return np.load(self.path / spec["file"], mmap_mode="r" if mmap else None)
 
     def regions(self) -> dict[str, np.ndarray]:
+        """Region name (``REGION_NAMES``) -> bool (S, S) atlas mask."""
         masks = self.array("region_masks", mmap=False)
-        return dict(zip(self.manifest["region_names"], masks))
+        return dict(zip(self.info.region_names, masks))
 
     def audio(self) -> tuple[np.ndarray, int]:
         import soundfile as sf
 
-        data, rate = sf.read(str(self.path / self.manifest["audio"]["file"]), dtype="float32")
+        data, rate = sf.read(str(self.path / self.info.audio_file), dtype="float32")
         return data, rate
 
 

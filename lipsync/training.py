@@ -117,8 +117,7 @@ def prepare_data(clip, config, options: TrainOptions, audio_norm=None):
     """Read a prepared clip into ``TrainingData``; returns (data, audio_norm)."""
     from .audio_features import AudioNorm, audio_windows
 
-    m = clip.manifest
-    n = m["frames"]
+    n = clip.num_frames
     valid = np.array(clip.array("valid"))
     if valid.sum() < 50:
         raise LipsyncError(f"{clip.path} has only {int(valid.sum())} usable frames; training needs at least 50 (2 s), and 1-5 minutes works best.")
@@ -159,7 +158,7 @@ def prepare_data(clip, config, options: TrainOptions, audio_norm=None):
 def _atlas_name(clip, options: TrainOptions) -> str:
     if options.lighting_norm:
         return "atlas"
-    if "atlas_raw" not in clip.manifest["arrays"]:
+    if not clip.info.has_array("atlas_raw"):
         raise LipsyncError(f"{clip.path} has no raw atlas, which training without lighting normalization needs; "
                            "preprocess the video with --keep-raw-atlas.")
     return "atlas_raw"

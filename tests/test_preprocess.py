@@ -206,3 +206,32 @@ def test_corrupt_frames_are_excluded_and_edits_are_found(tmp_path, grid_clip):
     assert valid[:20].all() and (~valid[26:]).sum() <= 1
     assert clip.manifest["cuts"] == [50]
     assert np.array(clip.array("cuts")).sum() == 1
+
+
+def test_typed_manifest_reads_clips_with_fewer_figures(prepared_grid, tmp_path):
+    """The typed view (``PreparedClip.info``) reads what this format has always written; figures
+    added later (outliers, cuts, sync, previews, timings) get neutral defaults when absent."""
+    import json
+    import shutil
+
+    from lipsync.prepared import open_prepared
+
+    info = prepared_grid.info
+    assert (info.fps, info.frames, info.atlas_size) == (25.0, 75, prepared_grid.atlas_size)
+    assert info.temporal_terms[0] == (0, 0) and info.has_array("atlas_raw") and info.audio_file == "audio.wav"
+    assert set(prepared_grid.regions()) == {"skin", "mouth", "lower_face", "eyes"}
+    old = tmp_path / "old"
+    shutil.copytree(prepared_grid.path, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    for key in ("appearance_outliers", "cuts", "sync", "previews", "timings_s", "frames_per_second", "warnings"):
+        manifest.pop(key, None)
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    clip = open_prepared(old)
+    assert clip.info.cuts == () and clip.info.warnings == () and clip.info.appearance_outliers == 0
+    assert clip.info.width == info.width and clip.num_frames == 75
+    manifest["format_version"] = 99
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    from lipsync.common import LipsyncError
+
+    with pytest.raises(LipsyncError, match="incompatible lipsync version"):
+        open_prepared(old)

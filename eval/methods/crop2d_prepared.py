@@ -124,11 +124,11 @@ def prepare_crop2d(prepared_clip_dir: str | Path, video: str | Path, out_dir: st
     man = src.manifest
     n = src.num_frames
     info = probe(video)
-    if (info.width, info.height) != (man["width"], man["height"]) or info.frames < 0.95 * n - 2:
-        raise LipsyncError(f"{video} ({info.width}x{info.height}, {info.frames} frames) is not the video {src.path} was prepared from ({man['width']}x{man['height']}, {n} frames); give the matching video.")
+    if (info.width, info.height) != (src.info.width, src.info.height) or info.frames < 0.95 * n - 2:
+        raise LipsyncError(f"{video} ({info.width}x{info.height}, {info.frames} frames) is not the video {src.path} was prepared from ({src.info.width}x{src.info.height}, {n} frames); give the matching video.")
     landmarks = np.array(src.array("landmarks"), np.float32)
     valid = np.array(src.array("valid"))
-    ref_frame = int(man["reference_frame"])
+    ref_frame = src.info.reference_frame
     template = make_template(landmarks[ref_frame], size)
     mats = crop_transforms(landmarks, valid, template)
     valid = valid & np.isfinite(mats).all(axis=(1, 2))
@@ -153,7 +153,7 @@ def prepare_crop2d(prepared_clip_dir: str | Path, video: str | Path, out_dir: st
         amask.flush()
 
         # 2. reference crop: per-pixel median over the reference candidates
-        cand = np.array([c for c in man.get("reference_candidates", [ref_frame]) if valid[c]] or [ref_frame])
+        cand = np.array([c for c in src.info.reference_candidates if valid[c]] or [ref_frame])
         cm = np.asarray(amask[cand])
         ref = masked_median(atlas[cand], cm)
         ref_ok = cm.mean(0) >= 0.5
@@ -206,7 +206,7 @@ def prepare_crop2d(prepared_clip_dir: str | Path, video: str | Path, out_dir: st
         missing = set(ARRAYS) - set(arrays)
         if missing:  # a newer prepared format: fail loudly rather than write a clip train() rejects later
             raise RuntimeError(f"prepare_crop2d does not write {sorted(missing)}")
-        shutil.copyfile(src.path / man["audio"]["file"], tmp / man["audio"]["file"])
+        shutil.copyfile(src.path / src.info.audio_file, tmp / src.info.audio_file)
 
         manifest = {k: v for k, v in man.items() if k not in ("previews", "timings_s", "frames_per_second")}
         manifest.update({
@@ -216,9 +216,9 @@ def prepare_crop2d(prepared_clip_dir: str | Path, video: str | Path, out_dir: st
             "excluded_frames": int((~valid).sum()),
             "uv": {"layout": "2D crop template (uv = canvas position / S)"},
             "lighting": {"log_space": True, "normalized": False,
-                         "temporal_terms": man["lighting"]["temporal_terms"],
-                         "spatial_terms": man["lighting"]["spatial_terms"],
-                         "field": man["lighting"].get("field", ""),
+                         "temporal_terms": [list(t) for t in src.info.temporal_terms],
+                         "spatial_terms": [list(t) for t in src.info.spatial_terms],
+                         "field": src.info.lighting.get("field", ""),
                          "note": "raw colours: no lighting normalization; the gains are zero (identity)"},
             "region_names": list(REGION_NAMES),
             "arrays": arrays,
@@ -226,7 +226,7 @@ def prepare_crop2d(prepared_clip_dir: str | Path, video: str | Path, out_dir: st
                        "template_size": size, "reference_frame": ref_frame,
                        "median_crop_scale": round(float(np.nanmedian(np.where(valid, s, np.nan))), 4) if valid.any() else None,
                        "description": "atlas = aligned 2D face crop (in-plane similarity on the stable landmarks), raw colours"},
-            "warnings": list(man.get("warnings", [])),
+            "warnings": list(src.info.warnings),
         })
         manifest["timings_s"] = {"total": round(time.perf_counter() - t0, 4)}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))

@@ -177,13 +177,13 @@ def prepare_crop_data(prepared: Path, video: Path, options: Options2D, audio_nor
     from lipsync.prepared import open_prepared
 
     clip = open_prepared(prepared)
-    m = clip.manifest
+    m = clip.info
     info = probe(video)
-    if (info.width, info.height) != (m["width"], m["height"]):
-        raise LipsyncError(f"{video} ({info.width}x{info.height}) is not the video {prepared} was prepared from ({m['width']}x{m['height']}); give the matching video.")
+    if (info.width, info.height) != (m.width, m.height):
+        raise LipsyncError(f"{video} ({info.width}x{info.height}) is not the video {prepared} was prepared from ({m.width}x{m.height}); give the matching video.")
     landmarks = np.array(clip.array("landmarks"), np.float32)
     valid = np.array(clip.array("valid"))
-    ref = int(m["reference_frame"])
+    ref = m.reference_frame
     template = make_template(landmarks[ref], options.size)
     crops, ok = clip_crops(video, landmarks, valid, template)
     n = clip.num_frames

@@ -221,7 +221,7 @@ class Wav2LipCheckpoint(Method):
         if len(landmarks) != clip.frames:
             raise LipsyncError(f"{clip.prepared} has {len(landmarks)} frames but the clip {clip.video} has {clip.frames}; prepare the clip again.")
         boxes, found = face_boxes(landmarks, clip.height, clip.width)
-        cuts = np.asarray(prepared.array("cuts")) if "cuts" in prepared.manifest["arrays"] else None
+        cuts = np.asarray(prepared.array("cuts")) if prepared.info.has_array("cuts") else None
         boxes = smooth_boxes(boxes, found, cuts)
         schedule = ping_pong(n, clip.frames)
         # 3. generate batch by batch and write

@@ -104,13 +104,13 @@ def target_for_speaker(speaker, target: str | Path | None, workdir: Path, progre
         if not prepared or not Path(prepared).is_dir():
             raise LipsyncError("the model's training clip is not on this machine any more; give a target video or image with --target.")
         clip = open_prepared(prepared)
-        source = Path(clip.manifest["source"])
+        source = clip.info.source
         if not source.is_file():
             raise LipsyncError(f"the training video {source} is gone; give a target video or image with --target.")
         gains = np.array(clip.array("lighting_gains"))
-        terms = [tuple(t) for t in clip.manifest["lighting"]["temporal_terms"]]
+        terms = list(clip.info.temporal_terms)
         pose_s, pose_r, pose_t = (np.array(clip.array(k)) for k in ("pose_scale", "pose_rotation", "pose_translation"))
-        return Target(source=source, fps=clip.fps, width=clip.manifest["width"], height=clip.manifest["height"],
+        return Target(source=source, fps=clip.fps, width=clip.info.width, height=clip.info.height,
                       valid=np.array(clip.array("valid")), pose_scale=pose_s, pose_rotation=pose_r, pose_translation=pose_t,
                       gains=gains, terms=terms, frames_total=clip.num_frames, notes=notes)
 
@@ -121,10 +121,10 @@ def target_for_speaker(speaker, target: str | Path | None, workdir: Path, progre
     opts = PreprocessOptions(atlas_size=size, keep_raw_atlas=True, previews=False, require_audio=False, min_seconds=0.5)
     if target.is_dir() and (target / MANIFEST).is_file():
         clip = open_prepared(target)
-        if "atlas_raw" not in clip.manifest["arrays"] or clip.atlas_size != size:
+        if not clip.info.has_array("atlas_raw") or clip.atlas_size != size:
             raise LipsyncError(f"the prepared target {target} needs the raw atlas at size {size}; preprocess it with "
                                f"--keep-raw-atlas --atlas-size {size}.")
-        video = Path(clip.manifest["source"])
+        video = clip.info.source
     else:
         video = target
         try:
@@ -160,6 +160,6 @@ def target_for_speaker(speaker, target: str | Path | None, workdir: Path, progre
     valid = np.array(clip.array("valid"))
     terms, gains = frame_gains(clip.array("atlas_raw"), clip.array("atlas_mask"), to_log(speaker.reference_atlas), skin,
                                degree=opts.lighting_degree, valid=valid, chunk=opts.chunk)
-    return Target(source=video, fps=clip.fps, width=clip.manifest["width"], height=clip.manifest["height"], valid=valid,
+    return Target(source=video, fps=clip.fps, width=clip.info.width, height=clip.info.height, valid=valid,
                   pose_scale=pose_s, pose_rotation=pose_r.astype(np.float32), pose_translation=pose_t.astype(np.float32),
                   gains=gains, terms=terms, frames_total=clip.num_frames, notes=notes)
