@@ -93,7 +93,8 @@ def _metric_table(methods: dict[str, Path], clip, wav: Path, cache: Path, *, wit
 
     from eval.core import Unavailable
     from eval.metrics import get_metrics, resolve_settings
-    from eval.run import LazySample, compute_metric
+    from eval.cache import compute_metric
+    from eval.samples import LazySample
 
     settings = resolve_settings({"device": device})
     metrics = [m for m in get_metrics(None) if (with_reference or not m.needs_reference) and m.aggregate is None]

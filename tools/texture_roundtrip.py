@@ -35,7 +35,7 @@ def main(argv=None) -> int:
 
     setup_cache_env()
     from eval.metrics.realism import sharpness_ratios
-    from eval.run import _boxes
+    from eval.samples import sample_boxes
     from lipsync.media import FrameReader, probe, write_wav
     from lipsync.model_io import SpeakerData
     from lipsync.prepared import open_prepared
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
         real = np.stack(list(FrameReader(probe(video), max_frames=n)))
         made = np.stack(list(FrameReader(probe(out), max_frames=n)))
         m = min(len(real), len(made))
-        _, mouth = _boxes(np.array(clip.array("landmarks"))[:m], real.shape[2], real.shape[1])
+        _, mouth = sample_boxes(np.array(clip.array("landmarks"))[:m], real.shape[2], real.shape[1])
         ratios = sharpness_ratios(made[:m], real[:m], mouth, np.array(clip.array("valid"))[:m])
     print(json.dumps({"video": video.name, "atlas_size": args.atlas_size, "texture": args.texture, "upsample": up,
                       "frames": int(m), "mouth_sharpness": round(float(np.nanmean(ratios)), 3)}))
