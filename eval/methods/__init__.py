@@ -9,18 +9,16 @@ writes the method's video for one test clip driven by one audio file.
 """
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import ClassVar
 
-from lipsync.common import LipsyncError
-
 from ..core import RunContext, TestClip
+from ..registry import Registry
 
-REGISTRY: dict[str, type["Method"]] = {}
-# modules that define methods (imported lazily, on first use of the registry)
-_MODULES = ("ground_truth", "frozen", "lipsync3d", "personalized_2d", "external", "wav2lip_checkpoint")
-_loaded = False
+# the modules that define methods (imported on first use of the registry)
+REGISTRY = Registry("method", __name__, ("ground_truth", "frozen", "lipsync3d", "personalized_2d", "external",
+                                         "wav2lip_checkpoint"))
+register = REGISTRY.register  # class decorator of every Method subclass
 
 
 class Method:
@@ -48,29 +46,10 @@ class Method:
         raise NotImplementedError
 
 
-def register(cls: type[Method]) -> type[Method]:
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    REGISTRY[cls.name] = cls
-    return cls
-
-
-def _load() -> None:
-    global _loaded
-    if _loaded:
-        return
-    for mod in _MODULES:
-        importlib.import_module(f"{__name__}.{mod}")
-    _loaded = True
-
-
 def available_methods() -> list[str]:
-    _load()
     return list(REGISTRY)
 
 
 def get_method(name: str) -> type[Method]:
-    _load()
-    if name not in REGISTRY:
-        raise LipsyncError(f"unknown method {name!r}; choose from {', '.join(REGISTRY)}.")
-    return REGISTRY[name]
+    """The method called ``name``; an unknown name raises ``LipsyncError``."""
+    return REGISTRY.pick([name])[0]

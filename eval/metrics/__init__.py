@@ -23,9 +23,8 @@ from typing import Callable
 
 import numpy as np
 
-from lipsync.common import LipsyncError
-
 from ..core import MetricValue, Sample
+from ..registry import Registry
 
 # Settings every metric understands; the command line fills them in (None = not given).
 DEFAULT_SETTINGS: dict = {
@@ -81,15 +80,9 @@ class Metric:
         return self.check(resolve_settings(settings)) if self.check is not None else None
 
 
-METRICS: dict[str, Metric] = {}
-
-
-def register(metric: Metric) -> Metric:
-    """Add ``metric`` to ``METRICS`` (called by the modules that define metrics, at import)."""
-    if metric.name in METRICS:
-        raise ValueError(f"metric {metric.name!r} is registered twice")
-    METRICS[metric.name] = metric
-    return metric
+# the modules that define metrics (imported on first use of the registry), in report order
+METRICS = Registry("metric", __name__, ("image", "lipsync", "realism"))
+register = METRICS.register  # called with each Metric by the modules that define them
 
 
 def resolve_settings(settings: dict | None) -> dict:
@@ -113,14 +106,4 @@ def available_metrics() -> list[str]:
 
 def get_metrics(names: list[str] | None = None) -> list[Metric]:
     """The metrics called ``names`` (None: all); an unknown name raises ``LipsyncError``."""
-    if names is None:
-        return list(METRICS.values())
-    unknown = [n for n in names if n not in METRICS]
-    if unknown:
-        raise LipsyncError(f"unknown metric {', '.join(map(repr, unknown))}; choose from {', '.join(METRICS)}.")
-    return [METRICS[n] for n in dict.fromkeys(names)]
-
-
-# The modules that define metrics register them on import; their heavy imports (torch, mediapipe,
-# lpips, syncnet) happen inside functions, so importing the registry stays cheap.
-from . import image, lipsync, realism  # noqa: E402,F401
+    return METRICS.pick(names)
