@@ -456,12 +456,12 @@ def test_analyze_ratings_writes_everything(tmp_path):
 
 
 def test_analyze_ratings_failure_leaves_no_output(tmp_path, monkeypatch):
-    import human_study.analysis as analysis
+    import human_study.analysis.report as report
 
     def boom(*args, **kwargs):
         raise RuntimeError("plotting failed")
 
-    monkeypatch.setattr(analysis, "plot_bradley_terry", boom)
+    monkeypatch.setattr(report, "plot_bradley_terry", boom)  # the last plot analyze_ratings draws
     with pytest.raises(RuntimeError, match="plotting failed"):
         analyze_ratings(_study_with_attention(), tmp_path / "study", n_boot=10)
     assert list(tmp_path.iterdir()) == []
@@ -491,7 +491,7 @@ def test_analyze_ratings_with_one_question_type(tmp_path, kind):
 
 
 def test_markdown_table_cells():
-    from human_study.analysis import _markdown_table
+    from human_study.analysis.report import _markdown_table
 
     df = pd.DataFrame({"name": ["a|b", None], "p_value": [1e-6, 0.25], "wins": [7.5, 3.0],
                        "significant": [True, False], "alpha": [math.nan, -1e-9]})
