@@ -18,7 +18,8 @@ from lipsync.common import LipsyncError
 
 from . import jobs
 from .config import DemoConfig
-from .handlers import resolve_model, speech_file, stage_progress, user_errors
+from .errors import user_errors
+from .handlers import resolve_model, speech_file, stage_progress
 
 TEST_SECONDS = 8.0
 THIS_MODEL = "this model"

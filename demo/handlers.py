@@ -1,19 +1,14 @@
 """The demo's event handlers: plain functions that call ``lipsync`` and return what the page shows.
 
 Every handler takes the ``DemoConfig`` first (``build_app`` binds it) and the session dict kept in
-``gr.State``; long ones take ``progress=gr.Progress()``. Expected failures (``LipsyncError``)
-reach the page as ``gr.Error`` with their one sentence; anything else as a one-sentence
-"unexpected" message, with the traceback only in the server log. Heavy libraries are imported
-inside the handlers.
+``gr.State``; long ones take ``progress=gr.Progress()``. Failures become one sentence on the page
+(``errors.user_errors``); what the page shows is rendered by ``views``. Heavy libraries are
+imported inside the handlers.
 """
 from __future__ import annotations
 
-import functools
-import html
-import inspect
 import json
 import logging
-import re
 import shutil
 import time
 from pathlib import Path
@@ -26,60 +21,11 @@ from lipsync.files import atomic_write_text
 from . import jobs
 from .checks import check_audio, check_name, check_text, check_video, shown_name
 from .config import EXAMPLE_TEXT, DemoConfig
+from .errors import user_errors
+from .views import (CURVE_EVERY_S, job_status, loss_plot, model_choices, progress_bar, speaker_choices,
+                    speaker_overview, synthesis_status, training_view)
 
 log = logging.getLogger("demo")
-PREVIEWS = ("mesh", "atlas_raw", "atlas_normalized", "pose", "lighting")
-LOSS_POINTS = 400   # points per curve in the live loss plot
-LOSS_SMOOTH = 25    # steps in the running mean of the per-step training losses
-CURVE_EVERY_S = 10  # seconds between redraws of the live loss curve
-
-
-# ---------------------------------------------------------------------------------------------
-# errors
-
-def _clean(message: str, cfg: DemoConfig) -> str:
-    """Server paths in a message -> the file's name (the visitor never sees the folder layout)."""
-    return re.sub(re.escape(str(cfg.root)) + r"/[^\s,;:()']*/([^/\s,;:()']+)", r"\1", message)
-
-
-def _as_gr_error(err: Exception, cfg: DemoConfig) -> gr.Error:
-    if isinstance(err, gr.Error):
-        return err
-    if isinstance(err, LipsyncError):
-        return gr.Error(_clean(str(err), cfg), duration=None, print_exception=False)
-    log.exception("unexpected failure in a demo handler")
-    return gr.Error(_clean(f"Something went wrong unexpectedly ({type(err).__name__}: {err}); the server log has the details.", cfg),
-                    duration=None, print_exception=False)
-
-
-def _session(cfg: DemoConfig, session):
-    """The session dict, or a new session when the page sent none (an event that beat the page load)."""
-    if isinstance(session, dict) and jobs.TOKEN_RE.match(str(session.get("token", ""))):
-        return session
-    if session is None or isinstance(session, dict):
-        return jobs.new_session(cfg)
-    return session  # start() gets the stored token here, not a session
-
-
-def user_errors(fn):
-    """Turn ``LipsyncError`` (and anything unexpected) into a one-sentence ``gr.Error``; every
-    handler takes (cfg, session, ...) and gets a valid session."""
-    if inspect.isgeneratorfunction(fn):
-        @functools.wraps(fn)
-        def gen_wrapper(cfg, session, *args, **kwargs):
-            try:
-                yield from fn(cfg, _session(cfg, session), *args, **kwargs)
-            except Exception as err:  # noqa: BLE001 - shown as one sentence
-                raise _as_gr_error(err, cfg) from None
-        return gen_wrapper
-
-    @functools.wraps(fn)
-    def wrapper(cfg, session, *args, **kwargs):
-        try:
-            return fn(cfg, _session(cfg, session), *args, **kwargs)
-        except Exception as err:  # noqa: BLE001 - shown as one sentence
-            raise _as_gr_error(err, cfg) from None
-    return wrapper
 
 
 def stage_progress(progress, label: str = ""):
@@ -90,19 +36,7 @@ def stage_progress(progress, label: str = ""):
 
 
 # ---------------------------------------------------------------------------------------------
-# page load, speaker list
-
-def speaker_choices(cfg: DemoConfig, session: dict) -> gr.Dropdown:
-    return gr.Dropdown(choices=jobs.list_speakers(cfg, session), value=session.get("speaker"))
-
-
-def model_choices(cfg: DemoConfig, session: dict) -> gr.Dropdown:
-    """The selected speaker's finished models (best first) for the drive and compare tabs."""
-    sid = session.get("speaker")
-    models = jobs.finished_models(jobs.get_speaker(cfg, session, sid)) if sid else []
-    choices = [(jobs.PRESET_LABELS.get(p, p), p) for p, _ in models]
-    return gr.Dropdown(choices=choices, value=choices[0][1] if choices else None)
-
+# page load
 
 @user_errors
 def start(cfg: DemoConfig, token: str | None):
@@ -158,7 +92,7 @@ def example_cached_result(cfg: DemoConfig, text: str):
     if not (folder / "summary.json").is_file():
         return None
     summary = json.loads((folder / "summary.json").read_text())
-    return (*_result_files(folder), _synthesis_status(summary, cached=True))
+    return (*_result_files(folder), synthesis_status(summary, cached=True))
 
 
 @user_errors
@@ -189,48 +123,13 @@ def run_example(cfg: DemoConfig, session: dict, text: str, progress=gr.Progress(
                                                 progress=stage_progress(progress, "3/3 synthesize: ")).to_dict()
         summary["wall_s"] = round(time.perf_counter() - t0, 1)
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))  # marks the cache entry done
-        cached = (*_result_files(out), _synthesis_status(summary) + f" Preprocessing, training and synthesis "
+        cached = (*_result_files(out), synthesis_status(summary) + f" Preprocessing, training and synthesis "
                   f"took {summary['wall_s']:.0f} s; the next visit shows this at once.")
     return (session, speaker_choices(cfg, session), model_choices(cfg, session), *cached)
 
 
-def _synthesis_status(summary: dict, *, cached: bool = False) -> str:
-    """The page's description of a synthesis (``SynthesisResult.to_dict()``, or its cached JSON)."""
-    lines = [f"**{summary['frames']} frames** ({summary['seconds']:.1f} s at {summary['fps']:g} fps, "
-             f"{summary['resolution']}), rendered with {summary['renderer']}; speech in "
-             f"{100 * summary.get('speech_fraction', 0):.0f}% of frames."]
-    if cached:
-        lines.append("Made earlier with the same model and input, so it is shown straight from the cache.")
-    elif "timings_s" in summary:
-        lines.append(f"Took {summary['timings_s'].get('total', 0):.1f} s ({summary.get('frames_per_second', 0):g} frames/s).")
-    lines += [f"- note: {n}" for n in summary.get("notes", [])]
-    return "\n\n".join(lines)
-
-
 # ---------------------------------------------------------------------------------------------
 # your speaker: upload and preprocess
-
-def speaker_overview(cfg: DemoConfig, speaker: jobs.Speaker) -> tuple:
-    """(summary markdown, mesh, atlas before, atlas after, pose plot, lighting plot)."""
-    from lipsync.prepared import open_prepared
-
-    if not speaker.is_prepared():
-        return (f"**{speaker.name}** is not preprocessed yet.", None, None, None, None, None)
-    m = open_prepared(speaker.prepared).info
-    light = m.lighting
-    lines = [
-        f"### {speaker.name}",
-        f"- video: {m.width}x{m.height}, {m.fps:g} fps, {m.frames} frames ({m.duration_s:.1f} s)",
-        f"- usable: {m.usable_s:.1f} s ({100 * m.valid_fraction:.0f}% of frames; "
-        f"{m.interpolated_frames} interpolated, {m.excluded_frames} excluded)",
-        f"- face: {m.face_width_px:.0f} px wide; head yaw {m.pose['yaw_deg'][0]:+.0f}..{m.pose['yaw_deg'][1]:+.0f} deg",
-        f"- lighting change over time (std, log units): {light['temporal_std_before']:.3f} before, "
-        f"{light['temporal_std_after']:.3f} after normalization",
-        f"- preprocessing took {m.timings_s['total']:.1f} s",
-    ]
-    lines.append("\n**Warnings**\n" + "\n".join(f"- ⚠️ {w}" for w in m.warnings) if m.warnings else "\nNo warnings.")
-    images = [str(speaker.prepared / m.previews[k]) if k in m.previews else None for k in PREVIEWS]
-    return ("\n".join(lines), *images)
 
 
 @user_errors
@@ -268,114 +167,6 @@ def select_speaker(cfg: DemoConfig, session: dict, speaker_id: str | None, prese
 # ---------------------------------------------------------------------------------------------
 # training
 
-def loss_frame(job: jobs.TrainJob | None, folder: Path):
-    """Long-format losses for ``gr.LinePlot``: step, loss, series (running means of the per-step
-    training losses while a run is live, and the validation losses from ``train_log.csv``)."""
-    import numpy as np
-    import pandas as pd
-
-    rows = []
-    if job is not None and job.losses:
-        arr = np.array(job.losses, float)
-        k = min(LOSS_SMOOTH, len(arr))
-        kernel = np.ones(k) / k
-        pick = np.unique(np.linspace(k - 1, len(arr) - 1, min(LOSS_POINTS, len(arr) - k + 1)).round().astype(int))
-        for col, label in ((1, "train geometry"), (2, "train texture")):
-            smooth = np.convolve(arr[:, col], kernel, mode="valid")  # index i ends at step i + k - 1
-            rows += [(arr[i, 0], smooth[i - k + 1], label) for i in pick]
-    from lipsync.model_io import ModelFolder
-
-    log_path = ModelFolder(folder).log
-    if log_path.is_file():
-        log_rows = pd.read_csv(log_path)
-        series = [("val_geometry", "validation geometry"), ("val_texture", "validation texture")]
-        if not rows:  # no live run: the logged training means instead
-            series += [("train_geometry", "train geometry"), ("train_texture", "train texture")]
-        for col, label in series:
-            rows += [(s, v, label) for s, v in zip(log_rows["step"], log_rows[col])]
-    # explicit dtypes: an empty or object column would make the plot's axes categorical
-    return pd.DataFrame(rows, columns=["step", "loss", "series"]).astype({"step": "int64", "loss": "float64", "series": "str"})
-
-
-def loss_plot(job: jobs.TrainJob | None, folder: Path):
-    """The loss curves of ``loss_frame`` as a matplotlib figure (log scale) for ``gr.Plot``.
-
-    A static image: Gradio's LinePlot, updated while its event is still running, showed only its
-    axes in Chromium until the run ended."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from lipsync.training import log_loss_axis
-
-    df = loss_frame(job, folder)
-    fig = Figure(figsize=(9, 3.2), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    styles = {"train geometry": ("#1f77b4", "-"), "train texture": ("#d62728", "-"),
-              "validation geometry": ("#1f77b4", "--"), "validation texture": ("#d62728", "--")}
-    for label, part in df.groupby("series", sort=False):
-        color, ls = styles.get(label, (None, "-"))
-        ax.plot(part["step"], part["loss"], ls, color=color, label=label, marker="o" if ls == "--" else None, ms=3)
-    if len(df):
-        log_loss_axis(ax)  # plain tick labels: training may be drawing its own plot in another thread
-        ax.legend(fontsize=8, ncol=2)
-    else:
-        ax.text(0.5, 0.5, "no training yet", ha="center", va="center", transform=ax.transAxes, color="grey")
-    ax.set_xlabel("step")
-    ax.set_ylabel("L1 loss")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
-
-
-def _clock(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
-
-
-def _bar(done: int, total: int) -> str:
-    pct = 100.0 * done / max(total, 1)
-    return (f'<div class="train-bar"><div style="width:{pct:.1f}%"></div></div>'
-            f"<p>step {done} / {total} ({pct:.0f}%)</p>")
-
-
-def _job_status(job: jobs.TrainJob) -> str:
-    elapsed = time.time() - job.started
-    if job.done.is_set():
-        if job.error:
-            return f"<p><b>Training stopped:</b> {html.escape(job.error)}</p>"
-        if job.cancelled:
-            return _bar(job.step, job.total) + (f"<p>Cancelled at step {job.step}; a checkpoint is kept, so "
-                                                "<b>Train</b> resumes from there.</p>")
-        return _bar(job.total, job.total) + f"<p>Finished in {_clock(elapsed)}. The model is ready in <b>Drive it</b>.</p>"
-    left = job.seconds_left()
-    head = "Resumed from the checkpoint. " if job.resumed else ""
-    return _bar(job.step, job.total) + f"<p>{head}Elapsed {_clock(elapsed)}, about {_clock(left)} left.</p>"
-
-
-def training_view(cfg: DemoConfig, session: dict, preset: str):
-    """(loss curve, status) of the selected speaker's model for ``preset``, without starting anything."""
-    speaker = jobs.get_speaker(cfg, session, session.get("speaker"))
-    folder = jobs.model_dir(speaker, preset)
-    job = jobs.training_job(folder)
-    if job is not None and (not job.done.is_set() or job.error or job.cancelled):
-        return loss_plot(job, folder), _job_status(job)
-    from lipsync.model_io import ModelFolder
-
-    model = ModelFolder(folder)
-    state = model.state()
-    if state == "finished":
-        info = model.summary()
-        return loss_plot(None, folder), (f"<p>Trained: {info.steps} steps in {_clock(info.seconds)}; "
-                                          f"validation loss {info.val_loss or float('nan'):.4f}.</p>")
-    if state == "stopped":
-        return loss_plot(None, folder), _bar(*model.stopped_at()) + "<p>Stopped; <b>Train</b> resumes from the checkpoint.</p>"
-    if not speaker.is_prepared():
-        return loss_plot(None, folder), "<p>Preprocess this speaker first (tab <b>Your speaker</b>).</p>"
-    return loss_plot(None, folder), "<p>Not trained with this preset yet.</p>"
-
 
 @user_errors
 def select_current(cfg: DemoConfig, session: dict, preset: str | None):
@@ -411,10 +202,10 @@ def train_speaker(cfg: DemoConfig, session: dict, preset: str):
         curve = gr.skip()
         if now - drawn >= CURVE_EVERY_S:
             curve, drawn = loss_plot(job, folder), now
-        yield curve, _job_status(job), gr.skip()
+        yield curve, job_status(job), gr.skip()
     if job.error:
         raise LipsyncError(job.error)
-    yield loss_plot(job, folder), _job_status(job), model_choices(cfg, session)
+    yield loss_plot(job, folder), job_status(job), model_choices(cfg, session)
 
 
 @user_errors
@@ -424,7 +215,7 @@ def cancel_training(cfg: DemoConfig, session: dict, preset: str) -> str:
     if job is None or job.done.is_set():
         raise LipsyncError("no training of this speaker with this preset is running.")
     job.cancel.set()
-    return _bar(job.step, job.total) + "<p>Cancelling: writing a checkpoint…</p>"
+    return progress_bar(job.step, job.total) + "<p>Cancelling: writing a checkpoint…</p>"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -478,4 +269,4 @@ def synthesize_speech(cfg: DemoConfig, session: dict, preset: str | None, source
             msg = msg.replace(str(target_path), shown_name(target))
         raise LipsyncError(msg) from None
     _, _, files = _result_files(out)
-    return video, mesh, files, _synthesis_status(summary)
+    return video, mesh, files, synthesis_status(summary)

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import GRID_CLIP, ROOT, ffmpeg
 
-from demo import compare, handlers, jobs
+from demo import compare, errors, handlers, jobs, views
 from demo.checks import check_audio, check_text, check_video
 from demo.config import DemoConfig, Limits
 from lipsync.common import LipsyncError
@@ -156,7 +156,7 @@ def test_sessions_do_not_see_each_others_speakers(cfg, session, grid_session):
 
 
 def test_unexpected_errors_are_one_sentence(cfg, session):
-    @handlers.user_errors
+    @errors.user_errors
     def broken(cfg, session):
         raise KeyError(str(cfg.root / "sessions" / "x" / "secret.npy"))
 
@@ -190,7 +190,7 @@ def test_train_cancel_and_resume(cfg, grid_session):
     assert jobs.model_state(folder) == "finished"
     assert "Finished" in status
     assert {"train geometry", "validation texture"} <= {line.get_label() for line in curve.axes[0].lines}
-    assert set(handlers.loss_frame(None, folder)["series"]) == {"train geometry", "train texture",
+    assert set(views.loss_frame(None, folder)["series"]) == {"train geometry", "train texture",
                                                                 "validation geometry", "validation texture"}
     assert models.choices[0][1] == "tiny"
 
