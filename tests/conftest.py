@@ -69,3 +69,21 @@ def shared_data() -> Path:
 def leftovers(folder: Path) -> list[str]:
     """Names of anything in ``folder`` (used to check that failures leave nothing behind)."""
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+GLTF_VALIDATOR = ROOT / "tools" / "gltf_validator" / "validate.js"
+GLTF_VALIDATOR_PACKAGE = ROOT / ".cache" / "node" / "node_modules" / "gltf-validator"
+
+
+def validate_glb(*paths) -> list[dict]:
+    """Khronos glTF-Validator reports of ``paths`` (errors, warnings, infos, messages per file);
+    skips the test, with the reason, where Node.js or the validator (``make`` installs it) is missing."""
+    import json
+
+    node = shutil.which("node")
+    if node is None or not GLTF_VALIDATOR_PACKAGE.is_dir():
+        pytest.skip("the Khronos glTF validator needs Node.js and 'make' to install gltf-validator from npm")
+    proc = subprocess.run([node, str(GLTF_VALIDATOR), *map(str, paths)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import leftovers
+from conftest import leftovers, validate_glb
 from lipsync.common import LipsyncError
 from lipsync.export.blendshapes import (BLENDSHAPE_NAMES, blendshape_basis, bounded_lstsq, fit_blendshapes,
                                         lower_face_vertices, write_blendshapes_csv)
@@ -108,6 +108,21 @@ def test_glb_round_trip(face_model, clip_frames, tmp_path):
     np.testing.assert_array_equal(cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB), tex)
     np.testing.assert_array_equal(glb["texture"], tex)
     assert doc["images"][0]["mimeType"] == "image/png"
+
+
+def test_every_kind_of_glb_passes_the_khronos_validator(face_model, clip_frames, tmp_path):
+    """A still face, an animated one with exact morph targets, and one compressed to fewer targets
+    than frames: zero errors from the reference validator; its warnings and infos are printed."""
+    topo, ref, uv = face_model["topo"], face_model["vertices"], face_model["uv"]
+    files = [write_glb(tmp_path / "still.glb", ref, topo.faces, uv, _texture(), ref[None], FPS)["path"],
+             write_glb(tmp_path / "animated.glb", ref, topo.faces, uv, _texture(), clip_frames[:30], FPS,
+                       max_targets=32)["path"],
+             write_glb(tmp_path / "compressed.glb", ref, topo.faces, uv, _texture(256), clip_frames, FPS,
+                       max_targets=8)["path"]]
+    for report in validate_glb(*files):
+        print(report["file"], f"{report['warnings']} warnings, {report['infos']} infos:",
+              [m["message"] for m in report["messages"]])
+        assert report["errors"] == 0, report["messages"]
 
 
 def test_glb_axes_and_front_faces(face_model, tmp_path):

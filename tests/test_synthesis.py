@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import warnings
@@ -9,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 
-from conftest import ROOT, ffmpeg
+from conftest import GLTF_VALIDATOR_PACKAGE, ROOT, ffmpeg, validate_glb
 from lipsync.media import probe
 from lipsync.model_io import load_model
 from lipsync.synthesis import SAME_PERSON, appearance_similarity, ping_pong
@@ -110,6 +111,8 @@ def test_mesh_and_blendshapes_exports(model, speech, tmp_path):
     assert len(glb["times"]) == r.frames
     rows = (tmp_path / "face.csv").read_text().strip().splitlines()
     assert rows[0].startswith("frame,time_s,") and "jawOpen" in rows[0] and len(rows) == r.frames + 1
+    if shutil.which("node") and GLTF_VALIDATOR_PACKAGE.is_dir():  # and passes the Khronos validator
+        assert validate_glb(tmp_path / "face.glb")[0]["errors"] == 0
 
 
 def test_same_person_check(model, prepared_grid):

@@ -13,7 +13,8 @@ from .data import AGREEMENT_COLUMNS, MOS, PAIRED, _mos_scores, _paired_answers
 def krippendorff_alpha(data: Any, level: Literal["nominal", "ordinal", "interval"] = "nominal") -> float:
     """Krippendorff's alpha reliability of a raters x units table, via the coincidence matrix.
 
-    Follows Krippendorff (2011), "Computing Krippendorff's Alpha-Reliability":
+    Computed by the ``krippendorff`` package (Castro, fast-krippendorff), which follows
+    Krippendorff (2011), "Computing Krippendorff's Alpha-Reliability":
         1. Per unit u with m_u >= 2 values (units with fewer are not pairable and dropped), count
            n_uc, how many raters gave value c.
         2. Coincidences o_ck = sum_u (n_uc n_uk - [c == k] n_uc) / (m_u - 1); marginals
@@ -34,49 +35,30 @@ def krippendorff_alpha(data: Any, level: Literal["nominal", "ordinal", "interval
         disagreement); nan when no unit is pairable or all pairable values are equal (no variation,
         alpha undefined).
     """
+    import krippendorff
+
     if level not in ("nominal", "ordinal", "interval"):
         raise ValueError(f"level must be 'nominal', 'ordinal' or 'interval', got {level!r}.")
     table = np.asarray(data, dtype=object)
     if table.ndim != 2:
         raise ValueError(f"krippendorff_alpha needs a 2-D raters x units table, got shape {table.shape}.")
     present = ~pd.isna(table)  # (raters, units)
-    if level != "nominal":
+    pairable = present.sum(axis=0) >= 2  # units with fewer values are not pairable
+    table, present = table[:, pairable], present[:, pairable]
+    if level == "nominal":  # any hashable values: code them as numbers (their order does not matter)
+        values = sorted(set(table[present].tolist()), key=lambda v: (str(type(v)), v))
+        code = {v: i for i, v in enumerate(values)}
+        numeric = np.full(table.shape, np.nan)
+        numeric[present] = [code[v] for v in table[present]]
+    else:
         try:
-            table = np.where(present, table, np.nan).astype(float)
+            numeric = np.where(present, table, np.nan).astype(float)
         except (TypeError, ValueError):
             raise ValueError(f"{level} alpha needs numeric values.") from None
-    # 1. values per unit, pairable units only
-    pairable = present.sum(axis=0) >= 2
-    values = sorted(set(table[present & pairable[None, :]].tolist()), key=lambda v: (str(type(v)), v))
-    if not values:
+    domain = np.unique(numeric[present])
+    if len(domain) < 2:  # nothing pairable, or no variation: alpha is undefined
         return math.nan
-    code = {v: i for i, v in enumerate(values)}
-    counts = np.zeros((int(pairable.sum()), len(values)))  # (U, V) n_uc
-    for u, col in enumerate(np.flatnonzero(pairable)):
-        for v in table[present[:, col], col]:
-            counts[u, code[v]] += 1
-    m = counts.sum(axis=1)  # (U,) m_u
-    # 2. coincidence matrix (V, V) and marginals
-    weighted = counts / (m - 1)[:, None]
-    o = weighted.T @ counts - np.diag(weighted.sum(axis=0))
-    n_c = o.sum(axis=1)
-    n = n_c.sum()
-    # 3. squared differences (V, V)
-    if level == "nominal":
-        d2 = 1.0 - np.eye(len(values))
-    elif level == "interval":
-        v = np.asarray(values, dtype=float)
-        d2 = (v[:, None] - v[None, :]) ** 2
-    else:
-        cum = np.cumsum(n_c)  # sum_{g <= c} n_g
-        idx = np.arange(len(values))
-        lo_idx, hi_idx = np.minimum.outer(idx, idx), np.maximum.outer(idx, idx)
-        between = cum[hi_idx] - cum[lo_idx] + n_c[lo_idx]  # sum_{g=c..k} n_g
-        d2 = (between - (n_c[:, None] + n_c[None, :]) / 2) ** 2
-    expected = float(np.sum(np.outer(n_c, n_c) * d2))
-    if expected == 0:
-        return math.nan
-    return float(1.0 - (n - 1) * np.sum(o * d2) / expected)
+    return float(krippendorff.alpha(reliability_data=numeric, value_domain=domain, level_of_measurement=level))
 
 
 def _alpha_row(matrix: pd.DataFrame, level: str) -> dict[str, Any]:

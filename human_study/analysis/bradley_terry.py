@@ -100,6 +100,9 @@ def bradley_terry(df_question: pd.DataFrame, *, prior: float = BT_PRIOR,
     """Bradley-Terry strengths of the methods from the paired answers of one question.
 
     Model: P(i preferred over j) = p_i / (p_i + p_j), fitted by Hunter's (2004) MM algorithm.
+    (Written here rather than taken from ``choix``: choix has no ties, and its regularization is a
+    Dirichlet/Gamma prior on the strengths, not the virtual comparisons against a reference below,
+    so it would change what the reported strengths mean.)
 
     Conventions:
         * A "no preference" answer counts as half a win for each side.

@@ -9,18 +9,20 @@ import pandas as pd
 from .data import MOS_COLUMNS, _mos_scores, _rng
 
 
-def _cluster_bootstrap_mean(sums: np.ndarray, counts: np.ndarray, n_boot: int,
-                            rng: np.random.Generator) -> np.ndarray:
-    """Bootstrap replicates of a mean when whole raters are resampled.
+def _cluster_bootstrap_interval(sums: np.ndarray, counts: np.ndarray, n_boot: int,
+                                rng: np.random.Generator) -> tuple[float, float]:
+    """95 % percentile interval of a mean when whole raters are resampled
+    (``scipy.stats.bootstrap`` on the raters' paired (sum, count), statistic sum(sums) / sum(counts)).
 
     Args:
         sums: (R,) per-rater sum of scores; counts: (R,) per-rater number of scores.
-    Returns:
-        (n_boot,) means of the resampled ratings.
     """
-    r = len(sums)
-    draws = rng.multinomial(r, np.full(r, 1.0 / r), size=n_boot)  # (n_boot, R) times each rater is drawn
-    return (draws @ sums) / (draws @ counts)
+    from scipy.stats import bootstrap
+
+    res = bootstrap((sums, counts), lambda s, c, axis: s.sum(axis=axis) / c.sum(axis=axis), paired=True,
+                    vectorized=True, n_resamples=n_boot, confidence_level=0.95, method="percentile",
+                    random_state=rng)
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def mos_table(df: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
@@ -48,9 +50,8 @@ def mos_table(df: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFra
         per_rater = g.groupby("rater_id")["score"].agg(["sum", "count"])
         lo = hi = math.nan
         if len(per_rater) >= 2 and n_boot > 0:
-            boot = _cluster_bootstrap_mean(per_rater["sum"].to_numpy(float), per_rater["count"].to_numpy(float),
-                                           n_boot, _rng(seed, qid, method))
-            lo, hi = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
+            lo, hi = _cluster_bootstrap_interval(per_rater["sum"].to_numpy(float), per_rater["count"].to_numpy(float),
+                                                 n_boot, _rng(seed, qid, method))
         rows.append({"question_id": qid, "axis": axis, "method": method, "n": len(g),
                      "n_raters": len(per_rater), "mean": float(g["score"].mean()),
                      "std": float(g["score"].std(ddof=1)) if len(g) > 1 else math.nan,

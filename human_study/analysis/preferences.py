@@ -13,7 +13,8 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion k/n.
 
     The interval holds every p whose score test |k/n - p| / sqrt(p (1 - p) / n) <= z accepts; unlike
-    the Wald interval it stays inside [0, 1] and keeps its coverage near 0 and 1.
+    the Wald interval it stays inside [0, 1] and keeps its coverage near 0 and 1. Computed by
+    ``scipy.stats.binomtest(k, n).proportion_ci(method="wilson")`` (no continuity correction).
 
     Args:
         k: successes, 0 <= k <= n.
@@ -23,16 +24,14 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     Returns:
         (lo, hi); (nan, nan) when n == 0.
     """
+    from scipy.stats import binomtest
+
     if n == 0:
         return (math.nan, math.nan)
     if n < 0 or not 0 <= k <= n:
         raise ValueError(f"wilson_interval needs 0 <= k <= n, got k={k}, n={n}.")
-    p = k / n
-    z2 = z * z
-    denom = 1 + z2 / n
-    center = (p + z2 / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
-    return (max(0.0, center - half), min(1.0, center + half))
+    ci = binomtest(k, n).proportion_ci(confidence_level=math.erf(z / math.sqrt(2)), method="wilson")
+    return (max(0.0, float(ci.low)), min(1.0, float(ci.high)))
 
 
 def preference_table(df: pd.DataFrame) -> pd.DataFrame:
