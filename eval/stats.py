@@ -13,6 +13,10 @@ the report prints: the value, a 95% percentile-bootstrap interval and what it wa
 
 NaN clip values (a metric that found nothing to measure on a clip) are dropped and counted in
 ``n_failed``; NaN per-frame values (untracked frames) are dropped before the block bootstrap.
+
+Written here rather than with ``scipy.stats.bootstrap``: scipy has no moving-block bootstrap, and
+both cases share one seeded generator with the set-level re-aggregation (FID), so every interval
+of a run is reproducible from its seed.
 """
 from __future__ import annotations
 
