@@ -132,7 +132,7 @@ def build_app(cfg: DemoConfig | None = None) -> gr.Blocks:
                     with gr.Column():
                         grid = gr.Video(label="Side by side", interactive=False, elem_id="compare-video")
                         cmp_notes = gr.Markdown()
-                table = gr.Dataframe(label="Metrics (↑ higher is better, ↓ lower is better)", interactive=False)
+                table = gr.Dataframe(label="Metrics (↑ higher is better, ↓ lower is better, →1 closest to 1 is best)", interactive=False)
                 cmp_files = gr.File(label="Downloads: grid, test clip, each method's video", file_count="multiple",
                                     interactive=False)
 

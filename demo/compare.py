@@ -87,17 +87,19 @@ def _driving_audio(clip, mode: str, speech: Path | None, run: Path) -> Path:
     return wav
 
 
-def _metric_table(methods: dict[str, Path], clip, wav: Path, cache: Path, *, with_reference: bool, device: str):
-    """(DataFrame of metric values, notes on metrics that could not run)."""
+def _metric_table(methods: dict[str, Path], clip, wav: Path, cache: Path, *, with_reference: bool, device: str,
+                  sync_expert: Path | None = None):
+    """(DataFrame of metric values, notes on metrics that could not run); ``sync_expert``: the
+    speaker's sync expert for the sync metrics (None: they are noted as not computed)."""
     import numpy as np
     import pandas as pd
 
     from eval.core import Unavailable
-    from eval.metrics import get_metrics, resolve_settings
+    from eval.metrics import direction, get_metrics, resolve_settings
     from eval.cache import compute_metric
     from eval.samples import LazySample
 
-    settings = resolve_settings({"device": device})
+    settings = resolve_settings({"device": device, "sync_expert": str(sync_expert) if sync_expert else None})
     metrics = [m for m in get_metrics(None) if (with_reference or not m.needs_reference) and m.aggregate is None]
     notes, usable = {}, []
     for mt in metrics:
@@ -117,7 +119,7 @@ def _metric_table(methods: dict[str, Path], clip, wav: Path, cache: Path, *, wit
             except Unavailable as err:
                 notes.setdefault(mt.name, str(err))
                 continue
-            row[f"{mt.name} ({'↑' if mt.better == 'higher' else '↓'}{', ' + mt.unit if mt.unit else ''})"] = (
+            row[f"{mt.name} ({direction(mt)}{', ' + mt.unit if mt.unit else ''})"] = (
                 None if value is None or not np.isfinite(value) else round(float(value), 4))
         lazy.close()
         rows.append(row)
@@ -136,6 +138,7 @@ def run_comparison(cfg: DemoConfig, session: dict, preset: str | None, baselines
     from eval.core import EVAL_CRF, RunContext, Unavailable
     from eval.methods import get_method
     from eval.report import side_by_side
+    from eval.sync_expert import expert_for
     from lipsync import load_model
     from lipsync.common import resolve_device
 
@@ -188,10 +191,21 @@ def run_comparison(cfg: DemoConfig, session: dict, preset: str | None, baselines
                 continue
             videos[label] = out
         progress(None, desc="side-by-side video")
-        grid = side_by_side(run / "side_by_side.mp4", {k: [v] for k, v in videos.items()}, [wav], clip.fps)
+        grid = side_by_side(run / "side_by_side.mp4", {k: [v] for k, v in videos.items()}, [wav], clip.fps,
+                            mouths=[clip.prepared])
+        progress(None, desc="sync expert")
+        try:
+            expert = expert_for(train_prepared, cache)
+        except LipsyncError as err:  # footage too short for an expert: the sync metrics are noted as missing
+            expert, expert_note = None, str(err)
+        else:
+            expert_note = None
         progress(None, desc="metrics")
         table, metric_notes = _metric_table(videos, clip, wav, cache, with_reference=audio_mode == "self",
-                                            device=device)
+                                            device=device, sync_expert=expert)
+        if expert_note:
+            for name in ("sync_offset", "sync_conf"):
+                metric_notes[name] = f"no sync expert could be trained: {expert_note}"
     except LipsyncError as err:
         shutil.rmtree(run, ignore_errors=True)
         msg = str(err)

@@ -58,18 +58,20 @@ def compute_metric(metric, lazy: LazySample, settings: dict):
     return v
 
 
-def plot_data(lazy: LazySample) -> dict:
-    """The mouth opening over time (re-tracked from the output, pose-normalized) and the
-    audio-visual correlation over lags of one sample, for the report's plots; cached like a metric
-    (the tracking itself is shared with the landmark metrics)."""
-    from .metrics.lipsync import LAGS, av_sync, mouth_series, track_landmarks
+def plot_data(lazy: LazySample, settings: dict) -> dict:
+    """The mouth opening over time (re-tracked from the output, pose-normalized) and the sync
+    expert's audio-mouth similarity over lags (when ``settings`` name an expert) of one sample, for
+    the report's plots; cached like a metric (the tracking itself is shared with the metrics)."""
+    from .metrics.lipsync import check_sync_expert, expert_sync, mouth_series, track_landmarks
+    from .sync_expert import LAGS
 
-    path = lazy.workdir / f"plot-{content_key(lazy.video_key, lazy.clip_key, RESULTS_VERSION)}.json"
+    expert = None if check_sync_expert(settings) else Path(settings["sync_expert"])
+    path = lazy.workdir / f"plot-{content_key(lazy.video_key, lazy.clip_key, expert, RESULTS_VERSION)}.json"
     if path.is_file():
         return json.loads(path.read_text())
     sample = lazy.get()
     mouth = mouth_series(track_landmarks(sample.frames, sample.fps, sample.workdir), sample.canonical)
-    d = {"mouth": mouth, "lags": LAGS, "curve": av_sync(mouth, sample.audio, sample.fps)["curve"]}
+    d = {"mouth": mouth, "lags": LAGS, "curve": expert_sync(sample, settings)["curve"] if expert else []}
     if sample.reference is not None:
         ref = track_landmarks(sample.reference, sample.fps, sample.workdir)
         d["reference_mouth"] = mouth_series(ref, sample.canonical)

@@ -14,13 +14,15 @@ from .core import EVAL_CRF, Progress, TestClip
 # The paper's claims, each as: (title, this method, compared with, metrics that decide it)
 CLAIMS = [
     ("Better lip sync than a personalized 2D (Wav2Lip-style) model trained on the same video",
-     "lipsync3d", "personalized_2d", ["lmd", "mouth_corr", "av_confidence"]),
-    ("Better image quality than the personalized 2D model", "lipsync3d", "personalized_2d", ["psnr", "ssim", "lpips", "sharpness"]),
+     "lipsync3d", "personalized_2d", ["lmd", "mouth_corr", "articulation", "sync_conf"]),
+    ("Better image quality than the personalized 2D model", "lipsync3d", "personalized_2d",
+     ["psnr", "ssim", "lpips", "sharpness", "teeth"]),
     ("Pose normalization helps (3D-normalized atlas vs 2D face crop)", "lipsync3d", "no_pose_norm",
      ["lmd", "mouth_corr", "psnr", "ssim", "lpips"]),
     ("Lighting normalization helps", "lipsync3d", "no_lighting_norm", ["psnr", "ssim", "lpips"]),
     ("Auto-regression makes the output temporally stable", "lipsync3d", "no_autoregression", ["flicker", "psnr"]),
-    ("The model moves the mouth with the speech (vs the mouth held still)", "lipsync3d", "frozen", ["lmd", "mouth_corr"]),
+    ("The model moves the mouth with the speech (vs the mouth held still)", "lipsync3d", "frozen",
+     ["lmd", "mouth_corr", "articulation", "sync_conf"]),
 ]
 
 
@@ -37,19 +39,23 @@ def _fmt(entry: dict | None, digits: int = 3) -> str:
     return s
 
 
-def _best(results: dict, metric: str, better: str) -> str | None:
-    vals = {m: r[metric]["value"] for m, r in results.items()
+def _best(results: dict, metric: str, meta: dict) -> str | None:
+    from .metrics import goodness
+
+    vals = {m: goodness(r[metric]["value"], meta) for m, r in results.items()
             if m != "ground_truth" and metric in r and "value" in r[metric] and np.isfinite(r[metric]["value"])}
     if not vals:
         return None
-    return (max if better == "higher" else min)(vals, key=vals.get)
+    return max(vals, key=vals.get)
 
 
 def table(results: dict, metrics: dict, labels: dict[str, str] | None = None) -> list[str]:
     names = [k for k in metrics if any(k in r for r in results.values())]
-    lines = ["| method | " + " | ".join(f"{k} ({'↑' if metrics[k]['better'] == 'higher' else '↓'})" for k in names) + " |",
+    from .metrics import direction
+
+    lines = ["| method | " + " | ".join(f"{k} ({direction(metrics[k])})" for k in names) + " |",
              "|---|" + "---|" * len(names)]
-    best = {k: _best(results, k, metrics[k]["better"]) for k in names}
+    best = {k: _best(results, k, metrics[k]) for k in names}
     for m, row in results.items():
         cells = []
         for k in names:
@@ -60,10 +66,13 @@ def table(results: dict, metrics: dict, labels: dict[str, str] | None = None) ->
     return lines
 
 
-def paired_difference(per_clip: dict, a: str, b: str, metric: str, *, seed: int = 0, n_boot: int = 2000):
-    """Mean over clips of metric(a) - metric(b), with a 95% bootstrap interval over clips."""
+def paired_difference(per_clip: dict, a: str, b: str, metric: str, *, seed: int = 0, n_boot: int = 2000,
+                      transform=None):
+    """Mean over clips of metric(a) - metric(b) (of ``transform`` of each value when given), with a
+    95% bootstrap interval over clips."""
     ca, cb = per_clip.get(a, {}), per_clip.get(b, {})
-    diffs = [ca[c][metric] - cb[c][metric] for c in ca if c in cb and metric in ca[c] and metric in cb[c]
+    f = transform or (lambda v: v)
+    diffs = [f(ca[c][metric]) - f(cb[c][metric]) for c in ca if c in cb and metric in ca[c] and metric in cb[c]
              and ca[c][metric] is not None and cb[c][metric] is not None
              and np.isfinite(ca[c][metric]) and np.isfinite(cb[c][metric])]
     if not diffs:
@@ -90,11 +99,13 @@ def check_claims(doc: dict) -> list[dict]:
         for k in keys:
             if k not in metrics:
                 continue
-            d = paired_difference(doc["per_clip"], a, b, k, seed=doc["config"]["seed"])
+            # a metric with a target is compared by closeness to it: the difference is how much closer a is
+            closeness = (lambda v, t=metrics[k]["target"]: -abs(v - t)) if metrics[k]["better"] == "target" else None
+            d = paired_difference(doc["per_clip"], a, b, k, seed=doc["config"]["seed"], transform=closeness)
             if d is None:
                 rows.append({"metric": k, "verdict": "unavailable"})
                 continue
-            sign = 1 if metrics[k]["better"] == "higher" else -1
+            sign = -1 if metrics[k]["better"] == "lower" else 1
             ci = d["ci95"]
             if ci is None:
                 v = "inconclusive (one clip)"
@@ -138,6 +149,10 @@ def _save(fig, path: Path) -> None:
     _plt().close(fig)
 
 
+def _better_words(meta: dict) -> str:
+    return f"closest to {meta['target']:g} is best" if meta["better"] == "target" else f"{meta['better']} is better"
+
+
 def plot_metrics(doc: dict, path: Path) -> bool:
     plt = _plt()
     results, metrics = doc["results"], doc["metrics"]
@@ -157,7 +172,7 @@ def plot_metrics(doc: dict, path: Path) -> bool:
                yerr=[np.nan_to_num(np.clip(vals - lo, 0, None)), np.nan_to_num(np.clip(hi - vals, 0, None))])
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=40, ha="right", fontsize=7)
-        ax.set_title(f"{k} ({'higher' if metrics[k]['better'] == 'higher' else 'lower'} is better)", fontsize=9)
+        ax.set_title(f"{k} ({_better_words(metrics[k])})", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
@@ -189,9 +204,42 @@ def plot_series(series: dict[str, np.ndarray], fps: float, path: Path, *, title:
 # ---------------------------------------------------------------------------------------------
 # side-by-side video
 
+MOUTH_ZOOM_SPAN = 1.7     # the zoomed mouth shows this many times the clip's widest mouth
+MOUTH_ZOOM_SMOOTH = 5     # frames of the moving average that steadies the zoomed window
+
+
+def mouth_windows(prepared: Path, count: int) -> np.ndarray:
+    """float (count, 4) x0, y0, x1, y1 of a 2:1 window around the mouth in each of ``count`` output
+    frames laid over the prepared clip's frames (``ping_pong`` order): centred on the lips,
+    steadied over ``MOUTH_ZOOM_SMOOTH`` frames, one size for the whole clip. Untracked frames
+    take the nearest tracked one's window."""
+    from lipsync.prepared import open_prepared
+    from lipsync.synthesis.schedule import ping_pong
+    from lipsync.topology import load_topology
+
+    lm = np.array(open_prepared(prepared).array("landmarks"))
+    lips = lm[:, load_topology().regions["lips_outer"], :2]
+    ok = np.isfinite(lips).all(axis=(1, 2))
+    if not ok.any():
+        return np.full((count, 4), np.nan)
+    idx = np.flatnonzero(ok)
+    near = idx[np.abs(np.arange(len(lm))[:, None] - idx[None]).argmin(1)]
+    centre = lips[near].mean(1)
+    k = min(MOUTH_ZOOM_SMOOTH, len(centre))
+    pad = np.pad(centre, ((k // 2, k - 1 - k // 2), (0, 0)), mode="edge")
+    centre = np.stack([np.convolve(pad[:, j], np.ones(k) / k, mode="valid") for j in range(2)], 1)
+    half_w = 0.5 * MOUTH_ZOOM_SPAN * float(np.ptp(lips[ok][..., 0], axis=1).max())
+    order = np.minimum(ping_pong(count, len(lm)), len(lm) - 1)
+    c = centre[order]
+    return np.concatenate([c - [half_w, half_w / 2], c + [half_w, half_w / 2]], 1)
+
+
 def side_by_side(out: Path, videos: dict[str, list[Path]], audios: list[Path], fps: float, *,
-                 tile_width: int = 360, progress: Progress | None = None) -> Path | None:
-    """One video: the methods' results in a labelled grid, clip after clip, with the audio."""
+                 mouths: list[Path] | None = None, tile_width: int = 360, progress: Progress | None = None) -> Path | None:
+    """One video: the methods' results in a labelled grid, clip after clip, with the audio.
+
+    ``mouths``: the prepared clip under each clip's videos; with it, each tile has the method's
+    mouth zoomed below its frame (the same window for every method)."""
     import cv2
 
     from lipsync.media import FrameReader, load_audio, probe, write_wav
@@ -203,10 +251,12 @@ def side_by_side(out: Path, videos: dict[str, list[Path]], audios: list[Path], f
     cols = int(np.ceil(np.sqrt(len(names))))
     rows = int(np.ceil(len(names) / cols))
     info0 = probe(videos[names[0]][0])
-    tw = min(tile_width, info0.width)
+    tw = min(tile_width, info0.width) // 2 * 2
     th = int(round(info0.height * tw / info0.width / 2)) * 2
+    mh = tw // 4 * 2 if mouths else 0  # the zoomed mouth, 2:1
     bar = 22
-    width, height = cols * tw, rows * (th + bar)
+    cell = bar + th + mh
+    width, height = cols * tw, rows * cell
     wav = out.with_name(".side_by_side_audio.wav")
     write_wav(wav, np.concatenate([load_audio(a) for a in audios]))
     try:
@@ -214,13 +264,16 @@ def side_by_side(out: Path, videos: dict[str, list[Path]], audios: list[Path], f
             for c in range(len(audios)):
                 readers = [iter(FrameReader(probe(videos[m][c]))) for m in names]
                 count = min(probe(videos[m][c]).frames for m in names)
+                windows = mouth_windows(mouths[c], count) if mouths else None
                 for i in range(count):
                     canvas = np.full((height, width, 3), 20, np.uint8)
                     for j, (m, rd) in enumerate(zip(names, readers)):
                         frame = next(rd, None)
-                        y, x = (j // cols) * (th + bar), (j % cols) * tw
+                        y, x = (j // cols) * cell, (j % cols) * tw
                         if frame is not None:
                             canvas[y + bar:y + bar + th, x:x + tw] = cv2.resize(frame, (tw, th), interpolation=cv2.INTER_AREA)
+                            if windows is not None and np.isfinite(windows[i]).all():
+                                canvas[y + bar + th:y + cell, x:x + tw] = _zoom(frame, windows[i], tw, mh)
                         cv2.putText(canvas, m, (x + 6, y + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
                     writer.write(canvas)
                 if progress:
@@ -228,6 +281,16 @@ def side_by_side(out: Path, videos: dict[str, list[Path]], audios: list[Path], f
     finally:
         wav.unlink(missing_ok=True)
     return out
+
+
+def _zoom(frame: np.ndarray, window: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The window (x0, y0, x1, y1, sub-pixel) of the frame resampled to width x height (bicubic;
+    outside the frame: border pixels repeated)."""
+    import cv2
+
+    x0, y0, x1, y1 = window
+    m = np.array([[width / (x1 - x0), 0, -x0 * width / (x1 - x0)], [0, height / (y1 - y0), -y0 * height / (y1 - y0)]])
+    return cv2.warpAffine(frame, m, (width, height), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,7 +325,8 @@ def write_report(path: Path, doc: dict, claims: list[dict], plots: list[str]) ->
                  "method re-makes each clip from its own audio inside its own frames, compared frame by frame.")
     L += ["", "Values are means over test clips with 95% bootstrap intervals over clips (over frames when there is one "
           "clip). Best method per column in bold (ground truth excluded: it is the ceiling). ↑ higher is better, "
-          "↓ lower is better.", "", "## Self-reenactment", ""]
+          "↓ lower is better, →1 closest to 1 is best (a ratio to the real video). In the claims, a metric with a "
+          "target is compared by the distance from it (a positive difference: the first method is closer).", "", "## Self-reenactment", ""]
     labels = {k: f"{k} ({m['name']})" for k, m in doc["methods"].items() if m.get("name") not in (None, k)}
     L += table(doc["results"], doc["metrics"], labels)
     if doc.get("cross_audio"):
@@ -288,7 +352,7 @@ def write_report(path: Path, doc: dict, claims: list[dict], plots: list[str]) ->
                 L.append(f"  - {r['metric']}: {r['verdict']}")
     L += ["", "## Metrics", ""]
     for k, m in doc["metrics"].items():
-        L.append(f"- `{k}` ({m['unit']}; {m['better']} is better{'; needs the real frames' if m['needs_reference'] else ''}): "
+        L.append(f"- `{k}` ({m['unit']}; {_better_words(m)}{'; needs the real frames' if m['needs_reference'] else ''}): "
                  f"{m['description']}" + (f" Needs: {m['requires']}." if m.get("requires") else ""))
     if doc["unavailable_metrics"] or doc["unavailable_methods"]:
         L += ["", "## Unavailable here", ""]
@@ -330,12 +394,13 @@ def write_outputs(out: Path, doc: dict, clips: list[TestClip], series: dict[str,
     if clips and plot_series(mouth, clips[0].fps, plots_dir / "mouth_opening.png", ylabel="mouth opening (gap / width)",
                              title=f"Mouth opening over time on {clips[0].name} (re-tracked from each output)"):
         plots.append("plots/mouth_opening.png")
-    if series:
+    curves = {m: _floats(d["curve"]) for m, d in series.items() if d.get("curve")}
+    if curves:
         lags = np.asarray(next(iter(series.values()))["lags"], float)
-        if plot_series({m: _floats(d["curve"]) for m, d in series.items()}, 1.0, plots_dir / "av_offset.png", x=lags,
-                       xlabel="audio lag (frames; > 0: the video lags the audio)", ylabel="correlation",
-                       title=f"Audio-visual correlation by offset on {clips[0].name}"):
-            plots.append("plots/av_offset.png")
+        if plot_series(curves, 1.0, plots_dir / "sync_curve.png", x=lags,
+                       xlabel="audio lag (frames; > 0: the video lags the audio)", ylabel="audio-mouth similarity",
+                       title=f"Sync expert's similarity by offset on {clips[0].name}"):
+            plots.append("plots/sync_curve.png")
     claims = check_claims(doc)
     doc["claims"] = claims
     if make_video and clips:
@@ -344,6 +409,7 @@ def write_outputs(out: Path, doc: dict, clips: list[TestClip], series: dict[str,
                   if all(c.name in per for c in shown)}
         side_by_side_video = out / "side_by_side.mp4"
         if videos:
-            side_by_side(side_by_side_video, videos, [c.audio for c in shown], shown[0].fps, progress=progress)
+            side_by_side(side_by_side_video, videos, [c.audio for c in shown], shown[0].fps,
+                         mouths=[c.prepared for c in shown], progress=progress)
     write_csv(out / "results.csv", doc)
     write_report(out / "report.md", doc, claims, plots)

@@ -145,7 +145,7 @@ def measure(methods, jobs: list[Job], metrics, settings: dict, method_info: dict
                 entry[mt.name] = v.value
             if series and job is jobs[0]:
                 try:
-                    result.series[m.name] = plot_data(lazy)
+                    result.series[m.name] = plot_data(lazy, settings)
                 except Exception as err:  # noqa: BLE001 - a plot must not sink the run
                     print(f"[eval] plot data for {m.name}: {err}", file=sys.stderr)
             lazy.close()
@@ -186,7 +186,9 @@ def run(config: EvalConfig) -> dict:
 
     from .methods import get_method
     from .metrics import get_metrics
+    from .metrics.lipsync import check_sync_expert
     from .protocol import prepare_protocol
+    from .sync_expert import expert_for
     from .stats import summarize
 
     t_start = time.perf_counter()
@@ -213,6 +215,15 @@ def run(config: EvalConfig) -> dict:
         Path(config.video), cache, test_clips=config.test_clips, test_fraction=config.test_fraction,
         clip_seconds=config.clip_seconds, max_test_clips=config.max_test_clips, progress=progress)
     timings["prepare"] = time.perf_counter() - t0
+    expert_error = None
+    if any(mt.check is check_sync_expert for mt in metrics):
+        t0 = time.perf_counter()
+        try:
+            settings["sync_expert"] = str(expert_for(train_prepared, cache, progress=progress))
+        except LipsyncError as err:  # too little tracked footage: the sync metrics say so
+            expert_error = f"no sync expert could be trained on the training footage: {err}"
+            print(f"[eval] {expert_error}", file=sys.stderr)
+        timings["sync_expert"] = time.perf_counter() - t0
 
     # 3. fit every method that can run here
     ctx = RunContext(out=out, cache=cache, train_video=Path(train_video), train_prepared=Path(train_prepared),
@@ -236,6 +247,8 @@ def run(config: EvalConfig) -> dict:
     timings["fit"] = sum(v["fit_wall_s"] for v in method_info.values())
 
     metric_unavail = {mt.name: reason for mt in metrics if mt.check and (reason := mt.check(settings))}
+    if expert_error:
+        metric_unavail.update({mt.name: expert_error for mt in metrics if mt.check is check_sync_expert})
     reasons: dict[str, str] = {}
     common = dict(out=out, cache=cache, metric_unavail=metric_unavail, reasons=reasons, progress=progress)
 
@@ -267,7 +280,7 @@ def run(config: EvalConfig) -> dict:
         "results_version": RESULTS_VERSION,
         "results": results,
         "cross_audio": cross_results,
-        "metrics": {mt.name: {"better": mt.better, "needs_reference": mt.needs_reference, "unit": mt.unit,
+        "metrics": {mt.name: {"better": mt.better, "target": mt.target, "needs_reference": mt.needs_reference, "unit": mt.unit,
                               "description": mt.description, "requires": mt.requires} for mt in metrics},
         "methods": method_info,
         "unavailable_methods": unavailable_methods,

@@ -87,3 +87,21 @@ def validate_glb(*paths) -> list[dict]:
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
+
+@pytest.fixture(scope="session")
+def grid(grid_clip):
+    """The GRID fixture's frames, audio, MediaPipe landmarks and canonical face."""
+    from eval.core import read_video
+    from eval.metrics.lipsync import track_landmarks
+    from lipsync.media import extract_aligned_audio, probe
+    from lipsync.preprocessing.reference import canonical_reference, choose_reference
+    from lipsync.topology import load_topology
+
+    frames = read_video(grid_clip)
+    audio = extract_aligned_audio(probe(grid_clip), len(frames))
+    lm = track_landmarks(frames, 25.0)
+    topo = load_topology()
+    valid = np.isfinite(lm).all(axis=(1, 2))
+    _, best = choose_reference(lm, valid, topo, 10)
+    return {"frames": frames, "audio": audio, "landmarks": lm, "valid": valid,
+            "canonical": canonical_reference(lm, best, topo), "topo": topo}

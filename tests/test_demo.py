@@ -231,7 +231,10 @@ def test_compare_with_a_baseline_and_metrics(cfg, grid_session):
     assert Path(grid).stat().st_size > 0
     assert list(table["method"]) == [compare.THIS_MODEL, "frozen"]
     assert any(c.startswith("psnr") for c in table.columns)
+    assert any(c.startswith("articulation (→1") for c in table.columns)
     assert "self-reenactment" in notes
+    # the 3 s example is too short for a sync expert: the notes say so instead of a number
+    assert "sync_offset: no sync expert could be trained" in notes
 
 
 def test_comparison_says_how_much_of_its_test_clip_training_saw(monkeypatch, tmp_path):

@@ -3,8 +3,10 @@
 Each metric is a ``Metric`` record registered by the module that implements it:
 
 * ``image.py``   psnr, ssim, lpips: fidelity of the face region to the ground truth;
-* ``lipsync.py`` lmd, mouth_corr (landmarks against the ground truth), av_offset, av_confidence
-  (weight-free audio-visual sync), lse_d, lse_c (SyncNet);
+* ``lipsync.py`` lmd, mouth_corr (landmarks against the ground truth), sync_offset, sync_conf
+  (audio-visual sync by the speaker's own sync expert), lse_d, lse_c (SyncNet);
+* ``mouth.py``   teeth, teeth_corr (visible teeth against the ground truth), articulation,
+  opening (how much and how wide the mouth moves against the ground truth);
 * ``realism.py`` sharpness, flicker (against the real frames under the output), fid (set level).
 
 ``settings`` is a plain dict from the command line (see ``DEFAULT_SETTINGS``); every metric reads
@@ -31,6 +33,8 @@ DEFAULT_SETTINGS: dict = {
     # torchvision's AlexNet ImageNet weights (alexnet-owt-7be5be79.pth) for LPIPS; None: look in
     # $TORCH_HOME/hub/checkpoints/.
     "lpips_weights": None,
+    # the speaker's sync expert (eval.sync_expert.expert_for) for sync_offset and sync_conf.
+    "sync_expert": None,
     # SyncNet's syncnet_v2.model and the S3FD face detector's sfd_face.pth (syncnet-python).
     "syncnet_weights": None,
     "s3fd_weights": None,
@@ -50,7 +54,8 @@ class Metric:
 
     Members:
         name: registry key (also the report's column).
-        better: "higher" or "lower".
+        better: "higher", "lower", or "target" (closest to ``target`` is best, e.g. a ratio to
+            the real video that should be 1).
         needs_reference: needs ground-truth frames (``Sample.reference``), so it is skipped in
             cross-audio runs.
         unit: unit of the value ("dB", "% of eye distance", "" for unitless).
@@ -60,6 +65,7 @@ class Metric:
         check: optional ``check(settings) -> str | None``: why it cannot run here (None: it can).
         aggregate: optional ``aggregate(values, rng) -> float`` for set-level metrics (FID); by
             default a method's value is the mean of its clip values.
+        target: the best value when ``better`` is "target" (None otherwise).
     """
     name: str
     better: str
@@ -70,10 +76,13 @@ class Metric:
     compute: Callable[[Sample, dict], MetricValue]
     check: Callable[[dict], str | None] | None = None
     aggregate: Callable[[list[MetricValue], np.random.Generator], float] | None = None
+    target: float | None = None
 
     def __post_init__(self):
-        if self.better not in ("higher", "lower"):
-            raise ValueError(f"metric {self.name}: better must be 'higher' or 'lower', not {self.better!r}")
+        if self.better not in ("higher", "lower", "target"):
+            raise ValueError(f"metric {self.name}: better must be 'higher', 'lower' or 'target', not {self.better!r}")
+        if (self.better == "target") != (self.target is not None):
+            raise ValueError(f"metric {self.name}: give a target exactly when better is 'target'")
 
     def unavailable(self, settings: dict | None = None) -> str | None:
         """Why this metric cannot run with ``settings`` (None when it can)."""
@@ -81,8 +90,30 @@ class Metric:
 
 
 # the modules that define metrics (imported on first use of the registry), in report order
-METRICS = Registry("metric", __name__, ("image", "lipsync", "realism"))
+METRICS = Registry("metric", __name__, ("image", "lipsync", "mouth", "realism"))
 register = METRICS.register  # called with each Metric by the modules that define them
+
+
+def direction(meta) -> str:
+    """The arrow a table shows after a metric's name: ↑, ↓, or →1 for "closest to 1 is best";
+    ``meta`` is a ``Metric`` or its description in results.json."""
+    better = meta.better if isinstance(meta, Metric) else meta["better"]
+    target = meta.target if isinstance(meta, Metric) else meta.get("target")
+    if better == "target":
+        return f"→{target:g}"
+    return "↑" if better == "higher" else "↓"
+
+
+def goodness(value, meta):
+    """``value`` (a number or array) turned so that higher is better for every kind of metric:
+    itself, its negative, or minus its distance from the target."""
+    better = meta.better if isinstance(meta, Metric) else meta["better"]
+    target = meta.target if isinstance(meta, Metric) else meta.get("target")
+    if better == "higher":
+        return value
+    if better == "lower":
+        return -value
+    return -abs(value - target)
 
 
 def resolve_settings(settings: dict | None) -> dict:

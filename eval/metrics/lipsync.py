@@ -1,11 +1,12 @@
-"""Lip-sync metrics: mouth landmarks against the ground truth (lmd, mouth_corr), weight-free
-audio-visual sync of the output alone (av_offset, av_confidence) and SyncNet's LSE-D / LSE-C.
+"""Lip-sync metrics: mouth landmarks against the ground truth (lmd, mouth_corr), audio-visual
+sync of the output alone by the speaker's own sync expert (sync_offset, sync_conf; see
+``eval.sync_expert``) and SyncNet's LSE-D / LSE-C.
 
 Landmark metrics re-track the output frames and the ground-truth frames with the same MediaPipe
 tracker and settings (``lipsync.tracking.track_frames``), so identical videos give identical
 landmarks and an LMD of exactly 0. Each tracking is cached per video content: in memory for the
 process (the ground truth of a clip is shared by every method) and as ``.npy`` under
-``sample.workdir/tracks`` (so lmd, mouth_corr and av_* share one pass and a re-run reuses it).
+``sample.workdir/tracks`` (so lmd, mouth_corr, sync_* and the mouth metrics share one pass and a re-run reuses it).
 
 Pose normalization: each frame's similarity to the clip's canonical face (``sample.canonical``) is
 fitted on the stable vertices (forehead, nose, eye corners, cheekbones; no lips or jaw), so what
@@ -29,10 +30,6 @@ from ..core import MetricValue, Sample, Unavailable
 from . import Metric, register
 
 TRACKER_ID = "mediapipe-facemesh-tracking-468-v1"  # part of the cache key: change it if the settings change
-MAX_LAG = 15                     # frames searched either way for the audio-visual offset
-LAGS = np.arange(-MAX_LAG, MAX_LAG + 1)
-MIN_SPEECH_HZ = 100.0            # mel bands below this (hum, rumble) are left out of the speech energy
-MIN_SYNC_FRAMES = 25             # tracked frames needed to measure sync
 MIN_CORR_FRAMES = 10             # frames (tracked in both) needed for a correlation
 EYE_CORNERS = (33, 263)          # outer eye corners (person's right, left): the LMD length unit
 _MEMORY_TRACKS = 64              # tracked videos kept in memory (~0.4 MB each for 75 frames)
@@ -168,81 +165,6 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# weight-free audio-visual sync
-
-def speech_energy(audio: np.ndarray) -> np.ndarray:
-    """Log energy of speech at 100 columns a second: float32 (C,), column k centred on sample k * 160.
-
-    The sum of the log-mel spectrogram's bands (``lipsync.audio_features``) whose centre is above
-    ``MIN_SPEECH_HZ``: leaving out hum and rumble made the sync estimate markedly more reliable on
-    GRID (within one frame on 91% of 80 shifted clips, against 75% with the full-band envelope of
-    ``lipsync.sync``).
-    """
-    from lipsync.audio_features import SAMPLE_RATE, log_mel, mel_filterbank
-
-    fb = mel_filterbank()
-    freqs = np.linspace(0, SAMPLE_RATE / 2, fb.shape[1])
-    centres = (fb * freqs).sum(1) / np.maximum(fb.sum(1), 1e-12)
-    mel = log_mel(np.asarray(audio, np.float32))
-    if mel.shape[1] == 0:
-        return np.zeros(0, np.float32)
-    return np.log(np.exp(mel[centres >= MIN_SPEECH_HZ]).sum(0) + 1e-8).astype(np.float32)
-
-
-def energy_at_frames(energy: np.ndarray, num_frames: int, fps: float, lag: int = 0) -> np.ndarray:
-    """Speech energy over each video frame's span, taken ``lag`` frames earlier: float64 (T,).
-
-    Frame t spans [t, t+1) / fps seconds; with ``lag`` the span [t - lag, t + 1 - lag) / fps is
-    averaged (4 points). Outside the audio the quietest level of the clip stands in (silence).
-    """
-    from lipsync.audio_features import HOP, SAMPLE_RATE
-
-    if len(energy) == 0:
-        return np.zeros(num_frames)
-    sub = (np.arange(4) + 0.5) / 4
-    times = (np.arange(num_frames)[:, None] - lag + sub[None]) / fps
-    floor = float(energy.min())
-    return np.interp(times * SAMPLE_RATE / HOP, np.arange(len(energy)), energy, left=floor, right=floor).mean(1)
-
-
-def sync_curve(mouth: np.ndarray, audio: np.ndarray, fps: float, lags: np.ndarray = LAGS) -> np.ndarray:
-    """Correlation of the mouth opening with the speech energy at each lag: float64 (L,).
-
-    At lag L, frame t's mouth is compared with the sound of frame t - L: a positive L means the
-    video lags the audio (the mouth moves L frames after the sound). Frames where ``mouth`` is NaN
-    (untracked) are left out.
-    """
-    mouth = np.asarray(mouth, np.float64)
-    ok = np.isfinite(mouth)
-    energy = speech_energy(audio)
-    return np.array([pearson(mouth[ok], energy_at_frames(energy, len(mouth), fps, int(lag))[ok]) for lag in lags])
-
-
-def av_sync(mouth: np.ndarray, audio: np.ndarray, fps: float, *, lags: np.ndarray = LAGS) -> dict:
-    """Audio-visual offset of a talking face from its mouth opening and its sound.
-
-    Returns ``{"offset": frames (positive = video lags audio), "confidence": peak minus median
-    correlation over the lags, "peak": the best correlation, "curve": list per lag}``; NaNs (and
-    a ``reason``) when fewer than ``MIN_SYNC_FRAMES`` frames are tracked or the mouth never moves.
-    Accuracy on real GRID clips (20 held-out 3-second sentences, each with its audio shifted by
-    -4, 0, 3 and 6 frames): within +-1 frame of the shift in 73 of 80 cases, exact in 45. The
-    misses are whole sentences (2 of 20 peak 7 and 14 frames off at every shift): speech is
-    rhythmic, so on a short clip a wrong lag sometimes correlates best. Use it over many clips.
-    """
-    mouth = np.asarray(mouth, np.float64)
-    tracked = int(np.isfinite(mouth).sum())
-    nan = {"offset": float("nan"), "confidence": float("nan"), "peak": float("nan"), "curve": []}
-    if tracked < MIN_SYNC_FRAMES:
-        return {**nan, "reason": f"only {tracked} frames with a tracked face (need {MIN_SYNC_FRAMES})"}
-    curve = sync_curve(mouth, audio, fps, lags)
-    if not np.isfinite(curve).any():
-        return {**nan, "reason": "the mouth does not move or the audio is silent"}
-    k = int(np.nanargmax(curve))
-    return {"offset": float(lags[k]), "confidence": float(curve[k] - np.nanmedian(curve)), "peak": float(curve[k]),
-            "curve": [round(float(c), 4) for c in curve]}
-
-
-# ---------------------------------------------------------------------------------------------
 # metrics on samples
 
 def _needs_reference(sample: Sample) -> np.ndarray:
@@ -289,21 +211,45 @@ def compute_mouth_corr(sample: Sample, settings: dict) -> MetricValue:
     return MetricValue(r, None, extra)
 
 
-def _output_sync(sample: Sample, settings: dict) -> dict:
+def check_sync_expert(settings: dict) -> str | None:
+    given = settings.get("sync_expert")
+    if not given:
+        return ("the learned sync measure needs a sync expert trained on the speaker's footage, which was not given "
+                "(eval.run and the demo train one; pass its path as sync_expert).")
+    if not Path(given).is_file():
+        return f"the sync expert {given} does not exist; train one with eval.sync_expert.expert_for."
+    return None
+
+
+@lru_cache(maxsize=2)
+def _load_expert(path: str, stamp: tuple):
+    from ..sync_expert import load_expert
+
+    return load_expert(path)
+
+
+def expert_sync(sample: Sample, settings: dict) -> dict:
+    """The sync expert's verdict on the output with its own audio (``eval.sync_expert.SyncExpert.curve``)
+    plus the fraction of frames tracked."""
+    reason = check_sync_expert(settings)
+    if reason:
+        raise Unavailable(reason)
+    path = Path(settings["sync_expert"])
+    st = path.stat()
+    expert = _load_expert(str(path), (st.st_size, st.st_mtime_ns))
     lm = track_landmarks(sample.frames, sample.fps, sample.workdir)
-    result = av_sync(mouth_series(lm, sample.canonical), sample.audio, sample.fps)
+    result = expert.curve(lm, sample.canonical, sample.audio, sample.fps)
     result["tracked_fraction"] = round(float(np.isfinite(lm).all(axis=(1, 2)).mean()) if len(lm) else 0.0, 4)
     return result
 
 
-def compute_av_offset(sample: Sample, settings: dict) -> MetricValue:
-    s = _output_sync(sample, settings)
-    extra = {k: v for k, v in s.items() if k != "confidence"}
-    return MetricValue(abs(s["offset"]), None, extra)
+def compute_sync_offset(sample: Sample, settings: dict) -> MetricValue:
+    s = expert_sync(sample, settings)
+    return MetricValue(abs(s["offset"]), None, {k: v for k, v in s.items() if k != "confidence"})
 
 
-def compute_av_confidence(sample: Sample, settings: dict) -> MetricValue:
-    s = _output_sync(sample, settings)
+def compute_sync_conf(sample: Sample, settings: dict) -> MetricValue:
+    s = expert_sync(sample, settings)
     return MetricValue(s["confidence"], None, {k: v for k, v in s.items() if k != "curve"})
 
 
@@ -392,13 +338,15 @@ register(Metric(
     description="Pearson correlation between the mouth opening of the output and of the ground truth over the frames where both are tracked.",
     requires="mediapipe", compute=compute_mouth_corr))
 register(Metric(
-    name="av_offset", better="lower", needs_reference=False, unit="frames",
-    description="Absolute audio-visual offset of the output, from the lag (within +-15 frames) that best correlates its mouth opening with the speech energy; the signed offset (positive = video lags audio) is in the details.",
-    requires="mediapipe", compute=compute_av_offset))
+    name="sync_offset", better="lower", needs_reference=False, unit="frames",
+    description="Absolute audio-visual offset of the output by a lip-sync expert trained on the speaker's own footage: the lag (within +-15 frames) at which its mouth windows best match the speech; the signed offset (positive = video lags audio) and the curve are in the details.",
+    requires="a sync expert trained on the training footage (eval.run and the demo train one)",
+    compute=compute_sync_offset, check=check_sync_expert))
 register(Metric(
-    name="av_confidence", better="higher", needs_reference=False, unit="correlation",
-    description="Audio-visual sync confidence of the output: the peak correlation of mouth opening and speech energy over lags of +-15 frames minus its median.",
-    requires="mediapipe", compute=compute_av_confidence))
+    name="sync_conf", better="higher", needs_reference=False, unit="cosine",
+    description="Lip-sync confidence of the output by the speaker's sync expert: the peak of the mean audio-mouth similarity over lags of +-15 frames minus its median.",
+    requires="a sync expert trained on the training footage (eval.run and the demo train one)",
+    compute=compute_sync_conf, check=check_sync_expert))
 register(Metric(
     name="lse_d", better="lower", needs_reference=False, unit="",
     description="SyncNet's lip-sync error distance (LSE-D): the smallest mean distance between audio and video embeddings over offsets of +-15 frames.",
