@@ -128,6 +128,44 @@ def test_no_drift_over_sixty_seconds(tiny_model, prepared_grid):
             assert np.abs(np.diff(c[-250:], axis=0)).mean() < 1e-3, "silence gives a still face"
 
 
+def test_a_runaway_texture_loop_restarts_from_the_reference_fed_prediction():
+    """A texture decoder with a trap: one frame's audio throws it into a state that feeds itself
+    (as a real model did on 2 of 20 sentences). The guarded rollout leaves the trap on the next
+    frame; the loop still carries the previous frame where nothing runs away."""
+    from torch import nn
+
+    from lipsync.model import ModelConfig, TalkingFaceModel
+
+    net = TalkingFaceModel(ModelConfig(tex_height=16, tex_width=16, tex_channels=8))
+    latent, code_size = net.config.latent, net.config.prev_code
+
+    class Deviation(nn.Module):  # the "previous frame" code: how far the previous crop is from the reference
+        def forward(self, diff):
+            return torch.cat([diff.abs().mean((1, 2, 3))[:, None], torch.zeros(len(diff), code_size - 1)], 1)
+
+    class Trap(nn.Module):
+        def forward(self, x):
+            z, code = x[:, :latent], x[:, latent:]
+            fed_garbage = code[:, 0] > 0.1
+            trigger = z[:, 0] > 0.5
+            small = 0.01 * torch.tanh(z[:, 1:2])[:, :, None, None]  # ordinary, audio-driven change
+            out = small.expand(len(x), 3, 16, 16).clone()
+            out[fed_garbage | trigger] = 0.5
+            return out
+
+    net.previous = Deviation()
+    net.audio = nn.Flatten()  # the "windows" are the latents themselves
+    net.texture = Trap()
+    z = torch.zeros(40, latent)
+    z[:, 1] = torch.linspace(-1, 1, 40)
+    z[10, 0] = 1.0  # the trap, at frame 10
+    _, crops = net.rollout(z)
+    dev = (crops - net.reference_crop).abs().mean((1, 2, 3))
+    assert dev[10] > 0.4  # the trap frame itself is what the model says
+    assert (dev[11:] < 0.02).all(), dev  # unguarded, every later frame stayed at 0.5
+    assert net.rollout_resets == 1
+
+
 def test_silence_gives_a_closed_mouth(tiny_model, prepared_grid):
     """Digital silence (as pads synthetic speech) gives a still mouth, well below its opening on words."""
     from lipsync.face_measures import mouth_opening
