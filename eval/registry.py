@@ -35,6 +35,11 @@ class Registry(Mapping):
             self._loaded = True
             for mod in self.modules:
                 importlib.import_module(f"{self.package}.{mod}")
+            # the order of ``modules``, whichever of them another import loaded first
+            rank = {f"{self.package}.{m}": i for i, m in enumerate(self.modules)}
+            order = sorted(enumerate(self._entries.items()),
+                           key=lambda e: (rank.get(_defined_in(e[1][1]), len(rank)), e[0]))
+            self._entries = dict(item for _, item in order)
 
     def __getitem__(self, name: str):
         self._load()
@@ -57,3 +62,10 @@ class Registry(Mapping):
         if unknown:
             raise LipsyncError(f"unknown {self.kind} {', '.join(map(repr, unknown))}; choose from {', '.join(self._entries)}.")
         return [self._entries[n] for n in dict.fromkeys(names)]
+
+
+def _defined_in(entry) -> str:
+    """The module that defines an entry: a class's own, or that of a record's ``compute``."""
+    if isinstance(entry, type):
+        return entry.__module__
+    return getattr(getattr(entry, "compute", None), "__module__", "")

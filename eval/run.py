@@ -186,7 +186,6 @@ def run(config: EvalConfig) -> dict:
 
     from .methods import get_method
     from .metrics import get_metrics
-    from .metrics.lipsync import check_sync_expert
     from .protocol import prepare_protocol
     from .sync_expert import expert_for
     from .stats import summarize
@@ -204,6 +203,7 @@ def run(config: EvalConfig) -> dict:
     method_names = list(dict.fromkeys(config.methods or DEFAULT_METHODS))
     method_classes = [get_method(m) for m in method_names]
     metrics = get_metrics(list(config.metrics) if config.metrics else None)
+    from .metrics.lipsync import check_sync_expert
     device = resolve_device(config.device)
     settings = {k: v for k, v in {"lpips_weights": config.lpips_weights, "syncnet_weights": config.syncnet_weights,
                                   "s3fd_weights": config.s3fd_weights, "inception_weights": config.inception_weights,

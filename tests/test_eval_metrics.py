@@ -66,6 +66,7 @@ def test_registry_lists_every_metric_with_valid_fields():
     names = ["psnr", "ssim", "lpips", "lmd", "mouth_corr", "sync_offset", "sync_conf", "lse_d", "lse_c",
              "teeth", "teeth_corr", "articulation", "opening", "sharpness", "flicker", "fid"]
     assert sorted(available_metrics()) == sorted(names)
+    assert available_metrics()[:4] == ["psnr", "ssim", "lpips", "lmd"]  # report order, whatever was imported first
     for m in get_metrics(None):
         assert m.better in ("higher", "lower", "target") and m.description.endswith(".") and m.requires
         assert (m.target is not None) == (m.better == "target")
