@@ -78,9 +78,9 @@ def frame_windows(spec: np.ndarray, num_frames: int, fps: float, *, columns: int
     return np.ascontiguousarray(padded[:, idx].transpose(1, 0, 2))
 
 
-def audio_windows(audio: np.ndarray, num_frames: int, fps: float) -> np.ndarray:
-    """Raw (unnormalized) features of ``num_frames`` video frames: float32 (T, 80, 24)."""
-    return frame_windows(log_mel(audio), num_frames, fps)
+def audio_windows(audio: np.ndarray, num_frames: int, fps: float, *, columns: int = WINDOW_COLUMNS) -> np.ndarray:
+    """Raw (unnormalized) features of ``num_frames`` video frames: float32 (T, 80, columns)."""
+    return frame_windows(log_mel(audio), num_frames, fps, columns=columns)
 
 
 def frames_for_audio(num_samples: int, fps: float) -> int:

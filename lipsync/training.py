@@ -45,6 +45,7 @@ class TrainOptions:
     self_condition: float = 0.5     # final fraction of samples conditioned on the model's own prediction
     audio_noise: float = 0.2        # std of noise added to the normalized log-mel windows
     audio_gain: float = 0.5         # random loudness change (normalized log-mel units, +-)
+    audio_columns: int = 24         # log-mel columns (10 ms each) of audio context per video frame, centred
     dropout: float = 0.25           # dropout on the audio latent
     weight_decay: float = 1e-4
     val_fraction: float = 0.1
@@ -122,7 +123,7 @@ def prepare_data(clip, config, options: TrainOptions, audio_norm=None):
     if valid.sum() < 50:
         raise LipsyncError(f"{clip.path} has only {int(valid.sum())} usable frames; training needs at least 50 (2 s), and 1-5 minutes works best.")
     audio, rate = clip.audio()
-    raw = audio_windows(audio, n, clip.fps)
+    raw = audio_windows(audio, n, clip.fps, columns=options.audio_columns)
     split = int(round(n * (1 - options.val_fraction)))
     train = np.flatnonzero(valid[:split])
     val = np.flatnonzero(valid[split:]) + split
@@ -184,9 +185,9 @@ def build_model(clip, data_vertices_train: np.ndarray, options: TrainOptions):
 
     size = clip.atlas_size
     crop, h, w = _crop_region(clip.regions(), size, options.texture_scale)
-    config = ModelConfig(pca_components=options.pca_components, atlas_size=size, crop=crop, tex_height=h,
-                         tex_width=w, tex_channels=options.tex_channels, dropout=options.dropout,
-                         autoregressive=options.autoregressive)
+    config = ModelConfig(columns=options.audio_columns, pca_components=options.pca_components, atlas_size=size,
+                         crop=crop, tex_height=h, tex_width=w, tex_channels=options.tex_channels,
+                         dropout=options.dropout, autoregressive=options.autoregressive)
     net = TalkingFaceModel(config)
     mean, basis, std = fit_pca(data_vertices_train, options.pca_components)
     net.geometry.init_from_pca(mean, basis, std)

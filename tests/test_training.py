@@ -253,3 +253,16 @@ def test_cli_train_reports_the_model(prepared_grid, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"model           {out}" in r.stdout and "(stopped at --max-minutes)" in r.stdout
     assert "validation      geometry" in r.stdout and str(out / "train_log.csv") in r.stdout
+
+
+def test_a_wider_audio_window_is_used_in_training_and_in_synthesis(prepared_grid, tmp_path):
+    """``audio_columns`` sets how much audio context each frame sees; the saved model carries it, so
+    ``predict`` cuts its windows to the same width (a mismatch would fail in the encoder)."""
+    from lipsync.synthesis import predict
+
+    opts = TrainOptions(steps=10, batch=8, val_every=10, tex_channels=16, pca_components=8, audio_columns=40)
+    train(prepared_grid.path, tmp_path / "wide", options=opts)
+    model = load_model(tmp_path / "wide")
+    assert model.net.config.columns == 40
+    verts, crops = predict(model, np.zeros(16000, np.float32), 25.0)
+    assert verts.shape[0] == 25 and np.isfinite(crops).all()
