@@ -88,9 +88,9 @@ def _driving_audio(clip, mode: str, speech: Path | None, run: Path) -> Path:
 
 
 def _metric_table(methods: dict[str, Path], clip, wav: Path, cache: Path, *, with_reference: bool, device: str,
-                  sync_expert: Path | None = None):
-    """(DataFrame of metric values, notes on metrics that could not run); ``sync_expert``: the
-    speaker's sync expert for the sync metrics (None: they are noted as not computed)."""
+                  expert: dict | None = None):
+    """(DataFrame of metric values, notes on metrics that could not run); ``expert``: the sync
+    metrics' settings (``eval.sync_expert.expert_settings``; None: they are noted as not computed)."""
     import numpy as np
     import pandas as pd
 
@@ -99,7 +99,7 @@ def _metric_table(methods: dict[str, Path], clip, wav: Path, cache: Path, *, wit
     from eval.cache import compute_metric
     from eval.samples import LazySample
 
-    settings = resolve_settings({"device": device, "sync_expert": str(sync_expert) if sync_expert else None})
+    settings = resolve_settings({"device": device, **(expert or {})})
     metrics = [m for m in get_metrics(None) if (with_reference or not m.needs_reference) and m.aggregate is None]
     notes, usable = {}, []
     for mt in metrics:
@@ -138,7 +138,7 @@ def run_comparison(cfg: DemoConfig, session: dict, preset: str | None, baselines
     from eval.core import EVAL_CRF, RunContext, Unavailable
     from eval.methods import get_method
     from eval.report import side_by_side
-    from eval.sync_expert import expert_for
+    from eval.sync_expert import expert_settings
     from lipsync import load_model
     from lipsync.common import resolve_device
 
@@ -194,18 +194,10 @@ def run_comparison(cfg: DemoConfig, session: dict, preset: str | None, baselines
         grid = side_by_side(run / "side_by_side.mp4", {k: [v] for k, v in videos.items()}, [wav], clip.fps,
                             mouths=[clip.prepared])
         progress(None, desc="sync expert")
-        try:
-            expert = expert_for(train_prepared, cache)
-        except LipsyncError as err:  # footage too short for an expert: the sync metrics are noted as missing
-            expert, expert_note = None, str(err)
-        else:
-            expert_note = None
+        expert = expert_settings(train_prepared, cache)
         progress(None, desc="metrics")
         table, metric_notes = _metric_table(videos, clip, wav, cache, with_reference=audio_mode == "self",
-                                            device=device, sync_expert=expert)
-        if expert_note:
-            for name in ("sync_offset", "sync_conf"):
-                metric_notes[name] = f"no sync expert could be trained: {expert_note}"
+                                            device=device, expert=expert)
     except LipsyncError as err:
         shutil.rmtree(run, ignore_errors=True)
         msg = str(err)

@@ -88,6 +88,8 @@ def paired_difference(per_clip: dict, a: str, b: str, metric: str, *, seed: int 
 
 def check_claims(doc: dict) -> list[dict]:
     """Each claim with a verdict per metric (paired over test clips) and overall."""
+    from .metrics import goodness
+
     out = []
     metrics = doc["metrics"]
     for title, a, b, keys in CLAIMS:
@@ -100,7 +102,7 @@ def check_claims(doc: dict) -> list[dict]:
             if k not in metrics:
                 continue
             # a metric with a target is compared by closeness to it: the difference is how much closer a is
-            closeness = (lambda v, t=metrics[k]["target"]: -abs(v - t)) if metrics[k]["better"] == "target" else None
+            closeness = (lambda v, m=metrics[k]: goodness(v, m)) if metrics[k]["better"] == "target" else None
             d = paired_difference(doc["per_clip"], a, b, k, seed=doc["config"]["seed"], transform=closeness)
             if d is None:
                 rows.append({"metric": k, "verdict": "unavailable"})

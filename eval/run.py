@@ -187,7 +187,7 @@ def run(config: EvalConfig) -> dict:
     from .methods import get_method
     from .metrics import get_metrics
     from .protocol import prepare_protocol
-    from .sync_expert import expert_for
+    from .sync_expert import expert_settings
     from .stats import summarize
 
     t_start = time.perf_counter()
@@ -215,14 +215,11 @@ def run(config: EvalConfig) -> dict:
         Path(config.video), cache, test_clips=config.test_clips, test_fraction=config.test_fraction,
         clip_seconds=config.clip_seconds, max_test_clips=config.max_test_clips, progress=progress)
     timings["prepare"] = time.perf_counter() - t0
-    expert_error = None
     if any(mt.check is check_sync_expert for mt in metrics):
         t0 = time.perf_counter()
-        try:
-            settings["sync_expert"] = str(expert_for(train_prepared, cache, progress=progress))
-        except LipsyncError as err:  # too little tracked footage: the sync metrics say so
-            expert_error = f"no sync expert could be trained on the training footage: {err}"
-            print(f"[eval] {expert_error}", file=sys.stderr)
+        settings.update(expert_settings(train_prepared, cache, progress=progress))
+        if "sync_expert_error" in settings:
+            print(f"[eval] {settings['sync_expert_error']}", file=sys.stderr)
         timings["sync_expert"] = time.perf_counter() - t0
 
     # 3. fit every method that can run here
@@ -247,8 +244,6 @@ def run(config: EvalConfig) -> dict:
     timings["fit"] = sum(v["fit_wall_s"] for v in method_info.values())
 
     metric_unavail = {mt.name: reason for mt in metrics if mt.check and (reason := mt.check(settings))}
-    if expert_error:
-        metric_unavail.update({mt.name: expert_error for mt in metrics if mt.check is check_sync_expert})
     reasons: dict[str, str] = {}
     common = dict(out=out, cache=cache, metric_unavail=metric_unavail, reasons=reasons, progress=progress)
 

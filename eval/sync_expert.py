@@ -32,6 +32,8 @@ import numpy as np
 from lipsync.common import LipsyncError, Progress
 from lipsync.files import atomic_file, content_key
 
+from .core import _quiet
+
 EXPERT_VERSION = 1               # part of the cache key: change it when features or training change
 MAX_LAG = 15                     # frames searched either way (and shifts the training contrasts)
 LAGS = np.arange(-MAX_LAG, MAX_LAG + 1)
@@ -51,28 +53,17 @@ MIN_TRAIN_FRAMES = 375           # tracked frames (15 s at 25 fps) needed to tra
 MIN_SYNC_FRAMES = 25             # tracked frames needed to measure a clip's sync
 
 
-def _quiet(stage: str, done: int, total: int) -> None:
-    return None
-
-
 # ---------------------------------------------------------------------------------------------
 # features
-
-def _lip_indices() -> np.ndarray:
-    from lipsync.topology import load_topology
-
-    regions = load_topology().regions
-    return np.unique(np.concatenate([regions["lips_outer"], regions["lips_inner"]]))
-
 
 def mouth_features(landmarks: np.ndarray, canonical: np.ndarray) -> np.ndarray:
     """Per-frame lip deformation: float32 (T, 2 * lip vertices), NaN rows where untracked.
 
     The landmarks (T, 468, 3, pixels) are pose-normalized into ``canonical`` (468, 3), and the
     canonical's lips are subtracted, in x and y, over the canonical eye distance."""
-    from .metrics.lipsync import eye_distance, normalize_to_canonical
+    from .metrics.lipsync import eye_distance, mouth_indices, normalize_to_canonical
 
-    idx = _lip_indices()
+    idx = mouth_indices()
     norm = normalize_to_canonical(np.asarray(landmarks, np.float32), canonical)[:, idx, :2]
     rest = np.asarray(canonical, np.float32)[idx, :2]
     feats = (norm - rest[None]) / eye_distance(canonical)
@@ -309,3 +300,13 @@ def expert_for(prepared_path: str | Path, cache: str | Path, *, progress: Progre
     if not (path.is_file() and path.with_suffix(".json").is_file()):
         train_expert(prepared_path, path, progress=progress)
     return path
+
+
+def expert_settings(prepared_path: str | Path, cache: str | Path, *, progress: Progress = _quiet) -> dict:
+    """The metric settings for the sync metrics: ``{"sync_expert": path}`` of the clip's expert
+    (trained once, see ``expert_for``), or ``{"sync_expert_error": why}`` when the footage cannot
+    train one, which the sync metrics then give as their reason."""
+    try:
+        return {"sync_expert": str(expert_for(prepared_path, cache, progress=progress))}
+    except LipsyncError as err:  # too little tracked footage
+        return {"sync_expert_error": f"no sync expert could be trained on the training footage: {err}"}

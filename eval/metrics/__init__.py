@@ -33,8 +33,10 @@ DEFAULT_SETTINGS: dict = {
     # torchvision's AlexNet ImageNet weights (alexnet-owt-7be5be79.pth) for LPIPS; None: look in
     # $TORCH_HOME/hub/checkpoints/.
     "lpips_weights": None,
-    # the speaker's sync expert (eval.sync_expert.expert_for) for sync_offset and sync_conf.
+    # the speaker's sync expert (eval.sync_expert.expert_for) for sync_offset and sync_conf, or
+    # why none could be trained (eval.sync_expert.expert_settings gives one or the other).
     "sync_expert": None,
+    "sync_expert_error": None,
     # SyncNet's syncnet_v2.model and the S3FD face detector's sfd_face.pth (syncnet-python).
     "syncnet_weights": None,
     "s3fd_weights": None,
@@ -94,11 +96,17 @@ METRICS = Registry("metric", __name__, ("image", "lipsync", "mouth", "realism"))
 register = METRICS.register  # called with each Metric by the modules that define them
 
 
+def _better_and_target(meta) -> tuple[str, float | None]:
+    """``meta``: a ``Metric`` or its description in results.json."""
+    if isinstance(meta, Metric):
+        return meta.better, meta.target
+    return meta["better"], meta.get("target")
+
+
 def direction(meta) -> str:
     """The arrow a table shows after a metric's name: ↑, ↓, or →1 for "closest to 1 is best";
     ``meta`` is a ``Metric`` or its description in results.json."""
-    better = meta.better if isinstance(meta, Metric) else meta["better"]
-    target = meta.target if isinstance(meta, Metric) else meta.get("target")
+    better, target = _better_and_target(meta)
     if better == "target":
         return f"→{target:g}"
     return "↑" if better == "higher" else "↓"
@@ -107,8 +115,7 @@ def direction(meta) -> str:
 def goodness(value, meta):
     """``value`` (a number or array) turned so that higher is better for every kind of metric:
     itself, its negative, or minus its distance from the target."""
-    better = meta.better if isinstance(meta, Metric) else meta["better"]
-    target = meta.target if isinstance(meta, Metric) else meta.get("target")
+    better, target = _better_and_target(meta)
     if better == "higher":
         return value
     if better == "lower":

@@ -212,6 +212,8 @@ def compute_mouth_corr(sample: Sample, settings: dict) -> MetricValue:
 
 
 def check_sync_expert(settings: dict) -> str | None:
+    if settings.get("sync_expert_error"):
+        return settings["sync_expert_error"]
     given = settings.get("sync_expert")
     if not given:
         return ("the learned sync measure needs a sync expert trained on the speaker's footage, which was not given "

@@ -25,22 +25,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lipsync.topology import MOUTH_CORNERS
+
 from ..core import MetricValue, Sample
 from . import Metric, register
-from .lipsync import MIN_CORR_FRAMES, _needs_reference, _tracked_pair, _tracking_extra, mouth_series, pearson
+from .lipsync import MIN_CORR_FRAMES, _needs_reference, _topology, _tracked_pair, _tracking_extra, mouth_series, pearson
 
 TEETH_MIN_AREA = 0.005     # teeth area (of the squared mouth width) from which a real frame "shows teeth"
 MIN_TEETH_FRAMES = 3       # real frames with teeth needed for the teeth ratio
 SKIN_VERTICES = (50, 280, 205, 425)   # cheeks: under each eye and beside each mouth corner
 SKIN_PATCH = 0.08          # half-size of each skin patch, of the mouth width
 COLOUR_FRAMES = 50         # real frames (evenly spaced) the speaker's colours are taken from
-MOUTH_CORNERS = (61, 291)
-
-
-def _topology():
-    from lipsync.topology import load_topology
-
-    return load_topology()
 
 
 def lab(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
