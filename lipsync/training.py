@@ -165,6 +165,16 @@ def _atlas_name(clip, options: TrainOptions) -> str:
     return "atlas_raw"
 
 
+def _fits_on_gpu(torch, device, data: TrainingData) -> bool:
+    """Whether the training arrays take at most a third of the GPU's free memory."""
+    need = sum(a.nbytes for a in (data.crops, data.masks, data.windows, data.vertices))
+    try:
+        free, _ = torch.cuda.mem_get_info(device)
+    except RuntimeError:
+        return False
+    return need <= free / 3
+
+
 def reference_atlas(clip, options: TrainOptions) -> np.ndarray:
     """uint8 (S,S,3): the clip's lighting-normalized reference atlas, or without lighting
     normalization the per-texel median of up to 100 evenly spaced usable raw atlases."""
@@ -335,30 +345,39 @@ def train(prepared: str | Path, out: str | Path, *, preset: str = "quick", optio
     tens = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
     weight = tens(data.weight)
     ref = tens(data.reference_crop)
+    # On a GPU with room for it, the clip's training data is copied there once and each batch is
+    # gathered there; otherwise batches are gathered from host memory (shared with the arrays).
+    store = device if torch.device(device).type == "cuda" and _fits_on_gpu(torch, device, data) else "cpu"
+    on_store = lambda a: torch.from_numpy(a).to(store)  # noqa: E731
+    crops_s, masks_s, windows_s, vertices_s = (on_store(a) for a in (data.crops, data.masks, data.windows, data.vertices))
+    ref_s = on_store(data.reference_crop)
+
+    def crops_or_reference(frames: np.ndarray):
+        """The crops of ``frames`` on ``device``, the reference crop where a frame index is -1."""
+        f = on_store(frames)
+        return torch.where((f >= 0)[:, None, None, None], crops_s[f.clamp(min=0)], ref_s[None]).to(device)
 
     def batch_at(idx: np.ndarray, *, augment: bool, self_frac: float) -> dict:
         prev_idx = data.prev[idx]
-        prev = np.where((prev_idx >= 0)[:, None, None, None], data.crops[np.maximum(prev_idx, 0)], data.reference_crop[None])
-        prev = torch.from_numpy(prev).to(device)
+        prev = crops_or_reference(prev_idx)
         if augment:
             # self-conditioning: replace the previous crop by the model's own prediction of it
             sel = np.flatnonzero((prev_idx >= 0) & (rng.random(len(idx)) < self_frac))
             if len(sel):
                 p = prev_idx[sel]
-                pp = data.prev[p]
-                pp_crop = np.where((pp >= 0)[:, None, None, None], data.crops[np.maximum(pp, 0)], data.reference_crop[None])
                 with torch.no_grad():
-                    _, own = net(tens(data.windows[p]), tens(pp_crop))
+                    _, own = net(windows_s[on_store(p)].to(device), crops_or_reference(data.prev[p]))
                 prev[torch.from_numpy(sel).to(device)] = own
             prev = prev + options.prev_noise * torch.randn_like(prev)
             drop = torch.from_numpy(rng.random(len(idx)) < options.prev_drop).to(device)
             prev = torch.where(drop[:, None, None, None], ref[None].expand_as(prev), prev)
-        windows = tens(data.windows[idx])
+        at = on_store(idx)
+        windows = windows_s[at].to(device)
         if augment and (options.audio_noise or options.audio_gain):
             gain = (torch.rand(len(idx), 1, 1, 1, device=device) * 2 - 1) * options.audio_gain
             windows = windows + gain + options.audio_noise * torch.randn_like(windows)
-        return {"windows": windows, "prev": prev, "vertices": tens(data.vertices[idx]),
-                "crops": tens(data.crops[idx]), "masks": tens(data.masks[idx])}
+        return {"windows": windows, "prev": prev, "vertices": vertices_s[at].to(device),
+                "crops": crops_s[at].to(device), "masks": masks_s[at].to(device)}
 
     def validate() -> tuple[float, float]:
         net.eval()
