@@ -5,8 +5,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # methods that run unless ``methods`` says otherwise: everything that needs nothing from the user
-DEFAULT_METHODS = ("ground_truth", "lipsync3d", "no_lighting_norm", "no_pose_norm", "no_autoregression", "frozen",
-                   "personalized_2d")
+DEFAULT_METHODS = ("ground_truth", "lipsync3d", "no_lighting_norm", "no_pose_norm", "no_autoregression", "no_mouth_bank",
+                   "frozen", "personalized_2d")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ CLAIMS = [
      ["lmd", "mouth_corr", "psnr", "ssim", "lpips"]),
     ("Lighting normalization helps", "lipsync3d", "no_lighting_norm", ["psnr", "ssim", "lpips"]),
     ("Auto-regression makes the output temporally stable", "lipsync3d", "no_autoregression", ["flicker", "psnr"]),
+    ("The mouth bank gives a sharper mouth that shows its teeth (vs the network's own mouth)", "lipsync3d",
+     "no_mouth_bank", ["sharpness", "teeth", "articulation"]),
     ("The model moves the mouth with the speech (vs the mouth held still)", "lipsync3d", "frozen",
      ["lmd", "mouth_corr", "articulation", "sync_conf"]),
 ]

@@ -93,7 +93,7 @@ def _cmd_synthesize(args) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         summary = model.synthesize(out=args.out, audio=args.audio, text=args.text, target=args.target, mesh=args.mesh,
-                                   blendshapes=args.blendshapes, renderer=args.renderer,
+                                   blendshapes=args.blendshapes, renderer=args.renderer, mouth_bank=not args.no_mouth_bank,
                                    progress=_tqdm_progress(not args.quiet and sys.stderr.isatty() or args.progress))
     for w in caught:
         if issubclass(w.category, UserWarning):
@@ -163,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--renderer", choices=["auto", "gl", "nvdiffrast", "reference"], default="auto",
                    help="rasterizer: OpenGL over EGL, nvdiffrast on CUDA, or the slow reference (default: auto: "
                         "nvdiffrast when CUDA is there, else OpenGL)")
+    p.add_argument("--no-mouth-bank", action="store_true",
+                   help="draw the network's own mouth instead of the real mouths kept in the model's mouth bank")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
     p.set_defaults(func=_cmd_synthesize)

@@ -10,7 +10,8 @@ caller needs these file names.
 normalization, the frame rate and the training summary; the speaker's reference data (reference
 mesh, triangles, UV layout, reference atlas, region masks) is stored beside the network's weights
 in ``model.safetensors`` under ``speaker.*`` keys (the PCA basis is the geometry decoder's initial
-output layer, kept in the weights).
+output layer, kept in the weights), and the mouth bank (``lipsync.model.mouth_bank``) under
+``mouth_bank.*`` keys when training made one (models without it synthesize the network's mouth).
 """
 from __future__ import annotations
 
@@ -54,8 +55,10 @@ class SpeakerData:
         return self.region_masks[REGION_NAMES.index(name)]
 
 
-def save_model(folder: Path, net, speaker: SpeakerData, audio_norm: AudioNorm, *, fps: float, training: dict) -> None:
-    """Write ``model.safetensors`` and ``config.json`` into ``folder`` (each written atomically)."""
+def save_model(folder: Path, net, speaker: SpeakerData, audio_norm: AudioNorm, *, fps: float, training: dict,
+               mouth_bank=None) -> None:
+    """Write ``model.safetensors`` and ``config.json`` into ``folder`` (each written atomically);
+    ``mouth_bank``: a ``MouthBank`` or None."""
     import torch
     from safetensors.torch import save
 
@@ -63,6 +66,8 @@ def save_model(folder: Path, net, speaker: SpeakerData, audio_norm: AudioNorm, *
     for k in SPEAKER_KEYS:
         arr = np.asarray(getattr(speaker, k))
         tensors[f"speaker.{k}"] = torch.from_numpy(arr.astype(np.uint8) if arr.dtype == bool else arr.copy())
+    if mouth_bank is not None:
+        tensors.update({f"mouth_bank.{k}": torch.from_numpy(np.ascontiguousarray(v)) for k, v in mouth_bank.to_arrays().items()})
     config = {"format": "lipsync-model", "format_version": MODEL_FORMAT, "lipsync_version": __version__,
               "model": net.config.to_dict(), "audio_norm": audio_norm.to_dict(), "fps": float(fps),
               "speaker_keys": [f"speaker.{k}" for k in SPEAKER_KEYS], "training": training}
@@ -173,6 +178,7 @@ class LoadedModel:
     audio_norm: AudioNorm
     fps: float
     config: dict
+    mouth_bank: object = None  # lipsync.model.mouth_bank.MouthBank, or None
 
     def synthesize(self, **kwargs):
         """See ``lipsync.synthesis.synthesize``."""
@@ -221,5 +227,13 @@ def load_model(folder: str | Path, *, device: str = "cpu") -> LoadedModel:
             raise LipsyncError(f"{folder / WEIGHTS} lacks the speaker's {k}; retrain the model.")
         speaker[k] = tensors[f"speaker.{k}"].numpy()
     speaker["region_masks"] = speaker["region_masks"].astype(bool)
+    bank = None
+    if "mouth_bank.patches" in tensors:
+        from .model.mouth_bank import KEYS, MouthBank
+
+        try:
+            bank = MouthBank.from_arrays({k: tensors[f"mouth_bank.{k}"].numpy() for k in KEYS})
+        except (KeyError, ValueError) as err:
+            raise LipsyncError(f"{folder / WEIGHTS} holds a damaged mouth bank ({err}); retrain the model.") from None
     return LoadedModel(folder=folder, net=net, speaker=SpeakerData(**speaker), audio_norm=audio_norm, fps=fps,
-                       config=config)
+                       config=config, mouth_bank=bank)

@@ -54,6 +54,10 @@ class TrainOptions:
     # textures learnt from the atlas before lighting normalization (needs --keep-raw-atlas)
     autoregressive: bool = True
     lighting_norm: bool = True
+    # keep a bank of the training frames' full-resolution mouths for synthesis (lipsync.model.mouth_bank)
+    mouth_bank: bool = True
+    # scale synthesized mouth movements so they are as large as the speaker's on the validation part
+    calibrate_articulation: bool = True
 
 
 PRESETS = {
@@ -173,6 +177,53 @@ def _fits_on_gpu(torch, device, data: TrainingData) -> bool:
     except RuntimeError:
         return False
     return need <= free / 3
+
+
+MAX_ARTICULATION_GAIN = 1.5
+
+
+def articulation_gain(net, data: TrainingData) -> float:
+    """How much synthesis should enlarge the predicted mouth movements: the standard deviation of
+    the real mouth opening over that of the predicted one on the validation frames, within
+    [1, MAX_ARTICULATION_GAIN]. A regression trained with an L1 loss moves the mouth less than the
+    speaker (it hedges towards the mean shape where the audio is ambiguous); this brings the
+    amplitude back, at a small cost in per-frame error."""
+    import torch
+
+    from .face_measures import mouth_opening
+
+    if len(data.val) < 25:
+        return 1.0
+    net.eval()
+    with torch.no_grad():
+        device = next(net.parameters()).device
+        z = net.audio(torch.from_numpy(data.windows[data.val]).to(device))
+        pred = net.geometry(z).cpu().numpy()
+    net.train()
+    real = mouth_opening(data.vertices[data.val])
+    spread = float(np.std(mouth_opening(pred)))
+    if not np.isfinite(spread) or spread <= 1e-9:
+        return 1.0
+    return float(np.clip(np.std(real) / spread, 1.0, MAX_ARTICULATION_GAIN))
+
+
+def make_mouth_bank(clip, options: TrainOptions, vertices: np.ndarray, frames: np.ndarray):
+    """The clip's mouth bank over ``frames`` (the training frames), from the atlas the texture
+    was learnt from; None when too few frames show the whole mouth."""
+    import cv2
+
+    from .model.mouth_bank import build_mouth_bank
+    from .topology import load_topology
+
+    regions = load_topology().regions
+    lips = np.concatenate([regions["lips_inner"], regions["lips_outer"]])
+    size = clip.atlas_size
+    interior = np.zeros((size, size), np.uint8)
+    corners = np.array(clip.array("uv"))[regions["lips_inner"]] * size - 0.5
+    cv2.fillPoly(interior, [np.round(corners * 16).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
+    return build_mouth_bank(clip.array(_atlas_name(clip, options)), clip.array("atlas_mask"), vertices,
+                            clip.regions()["mouth"], frames, lips, interior=interior.astype(bool),
+                            fill=reference_atlas(clip, options))
 
 
 def reference_atlas(clip, options: TrainOptions) -> np.ndarray:
@@ -450,7 +501,10 @@ def train(prepared: str | Path, out: str | Path, *, preset: str = "quick", optio
     speaker = SpeakerData.from_prepared(clip)
     if not options.lighting_norm:
         speaker.reference_atlas = reference_atlas(clip, options)
-    save_model(out, net.cpu(), speaker, audio_norm, fps=clip.fps, training=summary.to_dict())
+    if options.calibrate_articulation:
+        net.config.articulation_gain = articulation_gain(net, data)
+    bank = make_mouth_bank(clip, options, net_vertices, data.train) if options.mouth_bank else None
+    save_model(out, net.cpu(), speaker, audio_norm, fps=clip.fps, training=summary.to_dict(), mouth_bank=bank)
     folder = ModelFolder(out)
     folder.write_summary(summary)
     return folder

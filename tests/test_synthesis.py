@@ -217,3 +217,40 @@ def test_the_atlas_is_rendered_enlarged(model, speech, tmp_path, monkeypatch):
     atlas = model.speaker.reference_atlas.shape[0]
     assert seen["sizes"] == {atlas * TEXTURE_UPSAMPLE}
     assert seen["textures"] == {(atlas * TEXTURE_UPSAMPLE,) * 2}
+
+
+def test_the_mouth_comes_from_the_mouth_bank(model, speech, tmp_path, monkeypatch):
+    """Training keeps real full-resolution mouths with their lip shapes; driven by the lip shape
+    of one of them, synthesis draws exactly that real mouth, and nothing outside the mouth changes."""
+    import lipsync.synthesis.pipeline as pipeline
+
+    bank = model.mouth_bank
+    assert bank is not None and len(bank.patches) >= 50  # of the 3-second clip's 68 training frames
+    seen: dict = {}
+    real_predict, real_composite = pipeline.predict, pipeline.composite_video
+
+    def predict_bank_shape(m, speech, fps):
+        verts, crops = real_predict(m, speech, fps)
+        verts[:] = m.speaker.reference_vertices
+        verts[:, bank.vertices] = bank.shapes[7].reshape(-1, 3)
+        return verts, crops
+
+    def spy(speaker, target, verts, texture_at, *args, **kwargs):
+        seen["atlases"] = [texture_at(i) for i in range(0, len(verts), 5)]
+        return real_composite(speaker, target, verts, texture_at, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "predict", predict_bank_shape)
+    monkeypatch.setattr(pipeline, "composite_video", spy)
+    t, b, l, r = bank.box
+    inside = bank.mask >= 1.0
+    atlases = {}
+    for use in (True, False):
+        model.synthesize(out=tmp_path / f"{use}.mp4", audio=speech, mouth_bank=use)
+        atlases[use] = seen["atlases"]
+    own = bank.patches[7].astype(np.float32)[inside]
+    for with_bank, without in zip(atlases[True], atlases[False]):
+        np.testing.assert_allclose(with_bank[t:b, l:r, :3][inside], own, atol=1e-3)
+        assert np.abs(without[t:b, l:r, :3][inside] - own).mean() > 2.0
+        outside = np.ones(with_bank.shape[:2], bool)
+        outside[t:b, l:r] = False
+        np.testing.assert_array_equal(with_bank[outside], without[outside])

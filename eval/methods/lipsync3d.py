@@ -6,6 +6,8 @@
 * ``no_lighting_norm``: the same, but the texture is learnt from the atlas before lighting
   normalization and nothing is relit at insertion.
 * ``no_autoregression``: the texture decoder never sees the previous frame.
+* ``no_mouth_bank``: the same trained model as ``lipsync3d``, but the mouth comes from the
+  network's texture instead of the model's mouth bank (``lipsync.model.mouth_bank``).
 * ``no_pose_norm``: the texture is learnt from a 2D face crop (aligned by an in-plane similarity)
   instead of the 3D-normalized atlas, and pasted back in 2D (see ``crop2d``).
 
@@ -95,6 +97,22 @@ class NoAutoregression(LipSync3D):
     name = "no_autoregression"
     description = "ablation: the texture decoder does not see the previous frame"
     changes = {"autoregressive": False}
+
+
+@register
+class NoMouthBank(LipSync3D):
+    name = "no_mouth_bank"
+    description = "ablation: lipsync3d's own model, with the network's mouth instead of the mouth bank's real mouths"
+
+    def fit(self) -> dict:
+        self.model_dir, info = train_cached(self.ctx, LipSync3D.name, self.ctx.train_prepared, self.options())
+        self._model = None
+        return info
+
+    def render(self, clip: TestClip, audio: Path, out: Path) -> dict:
+        r = self.model().synthesize(out=out, audio=audio, target=clip.prepared, schedule="aligned", mouth_bank=False,
+                                    renderer=self.ctx.options.get("renderer", "auto"), crf=EVAL_CRF)
+        return {"frames": r.frames, "renderer": r.renderer, "notes": r.notes}
 
 
 @register

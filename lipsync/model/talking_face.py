@@ -42,6 +42,9 @@ class ModelConfig:
     tex_channels: int = 96
     prev_code: int = 16
     autoregressive: bool = True     # False: the previous frame is not seen (an ablation)
+    # synthesis scales the predicted shapes' change from the mean face by this (set by training so
+    # that the mouth opens as much as the speaker's on held-out frames; see ``articulation_gain``)
+    articulation_gain: float = 1.0
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -103,6 +106,9 @@ class TalkingFaceModel(nn.Module):
         self.eval()
         z = torch.cat([self.audio(windows[i:i + 256]) for i in range(0, len(windows), 256)])
         verts = torch.cat([self.geometry(z[i:i + 256]) for i in range(0, len(z), 256)])
+        if self.config.articulation_gain != 1.0:
+            mean = self.geometry.basis.bias.view(1, -1, 3)
+            verts = mean + self.config.articulation_gain * (verts - mean)
         crops = torch.empty(len(z), *self.reference_crop.shape)
         self.rollout_resets = 0
         if not self.config.autoregressive:

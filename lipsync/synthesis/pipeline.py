@@ -94,11 +94,12 @@ def predict(model, audio: np.ndarray, fps: float):
 def synthesize(model, *, out: str | Path, audio: str | Path | None = None, text: str | None = None,
                target: str | Path | None = None, mesh: str | Path | None = None,
                blendshapes: str | Path | None = None, renderer: str = "auto", schedule: str = "usable",
-               crf: int = 18, progress: Progress | None = None) -> SynthesisResult:
+               crf: int = 18, progress: Progress | None = None, mouth_bank: bool = True) -> SynthesisResult:
     """Make a talking-head video (and optionally a .glb and a blendshape CSV); returns what it made.
 
     ``schedule``: how output frames follow the target's frames (see ``frame_schedule``); ``crf``:
-    the H.264 quality (lower = closer to lossless, larger files)."""
+    the H.264 quality (lower = closer to lossless, larger files); ``mouth_bank``: take the mouth
+    from the model's mouth bank when it has one (``lipsync.model.mouth_bank``), else the network's."""
     from ..media import write_wav
 
     progress = progress or (lambda stage, done, total: None)
@@ -132,8 +133,15 @@ def synthesize(model, *, out: str | Path, audio: str | Path | None = None, text:
         wav = work / "speech.wav"
         write_wav(wav, speech[: int(round(n / fps * 16000))])
         relight = bool(model.config.get("training", {}).get("options", {}).get("lighting_norm", True))
-        done = composite_video(sp, target_clip, verts, lambda i: assemble_atlas(sp.reference_atlas, crops[i] - ref_crop, box, mask),
-                               out, wav, schedule=schedule, renderer=renderer, relight=relight, workdir=work,
+        bank = model.mouth_bank if mouth_bank else None
+        if bank is not None:
+            bank_index, bank_weight = bank.frame_weights(verts)
+
+        def texture_at(i: int) -> np.ndarray:
+            atlas = assemble_atlas(sp.reference_atlas, crops[i] - ref_crop, box, mask)
+            return atlas if bank is None else bank.paste(atlas, bank.blend(bank_index[i], bank_weight[i]))
+
+        done = composite_video(sp, target_clip, verts, texture_at, out, wav, schedule=schedule, renderer=renderer, relight=relight, workdir=work,
                                crf=crf, progress=progress)
         timings.update(done["timings"])
         extras = {}

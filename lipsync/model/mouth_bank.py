@@ -1,0 +1,167 @@
+"""The mouth bank: the speaker's own mouths from the training video, looked up by lip shape.
+
+The network predicts the lower face at a reduced resolution, which leaves the teeth and the
+inside of the mouth soft and tied loosely to the predicted lips. The bank keeps, for evenly
+spaced training frames, the mouth region of the (pose- and lighting-normalized) atlas at full
+resolution, together with that frame's lip shape (the lip vertices of its pose-normalized mesh).
+At synthesis each frame's mouth is a blend of the bank mouths whose lip shape is nearest to the
+predicted one, so teeth and tongue are real pixels of this speaker, opened as far as the
+predicted lips are (the "teeth proxy" of Suwajanakorn et al. 2017, here for the whole mouth).
+
+The blend weights are Shepard's modified inverse-distance weights over the K nearest bank
+mouths, ``((1 - d / d_K+1)+ / d)^2``: they are continuous in the lip shape (a bank mouth enters
+and leaves the blend with weight 0, so a smoothly moving mouth never jumps from one frame to the
+next) and exact at a bank frame (its own lip shape returns its own mouth).
+
+Plain numpy; no torch. Shapes: N bank frames, L lip vertices, (h, w) the mouth box in texels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..common import check_shape
+
+BANK_FRAMES = 1000     # at most this many training frames are kept (evenly spaced)
+NEIGHBOURS = 2         # mouths blended per output frame
+COVERAGE = 0.98        # share of the mouth region a frame's atlas must cover to enter the bank
+MARGIN = 3             # texels of skin kept around the lips, so the blend fades out in skin
+TEMPORAL_SIGMA = 1.0   # frames over which the blend weights are mixed in time
+SNAP = 1e-4            # a lip shape this close to a bank shape (relative to the K+1-th distance) is that shape
+KEYS = ("box", "patches", "shapes", "vertices", "mask")
+
+
+@dataclass
+class MouthBank:
+    """Members: box int64 (4,) = top, bottom, left, right of the mouth box in atlas texels;
+    patches uint8 (N, h, w, 3) the atlas inside the box; shapes float32 (N, 3L) lip shapes;
+    vertices int64 (L,) the lip vertices the shapes are made of; mask float32 (h, w) in [0, 1],
+    where the bank's mouth replaces the network's (1 inside the lips, fading to 0 in the skin)."""
+    box: np.ndarray
+    patches: np.ndarray
+    shapes: np.ndarray
+    vertices: np.ndarray
+    mask: np.ndarray
+
+    def __post_init__(self):
+        t, b, l, r = (int(v) for v in self.box)
+        n = len(self.patches)
+        check_shape("mouth bank patches", self.patches, (n, b - t, r - l, 3))
+        check_shape("mouth bank shapes", self.shapes, (n, 3 * len(self.vertices)))
+        check_shape("mouth bank mask", self.mask, (b - t, r - l))
+
+    def shape_of(self, vertices: np.ndarray) -> np.ndarray:
+        """float32 (T, 3L): the lip shapes of meshes (T, V, 3) in the speaker's canonical units."""
+        return np.asarray(vertices, np.float32)[:, self.vertices].reshape(len(vertices), -1)
+
+    def weights(self, vertices: np.ndarray, k: int = NEIGHBOURS) -> tuple[np.ndarray, np.ndarray]:
+        """(index int64 (T, K), weight float32 (T, K) summing to 1) of the bank mouths for meshes (T, V, 3)."""
+        q = self.shape_of(vertices).astype(np.float64)
+        b = self.shapes.astype(np.float64)
+        k = max(1, min(k, len(b) - 1))
+        d2 = (q * q).sum(1)[:, None] + (b * b).sum(1)[None] - 2.0 * q @ b.T
+        d = np.sqrt(np.maximum(d2, 0.0))
+        near = np.argpartition(d, k, axis=1)[:, :k + 1]
+        dn = np.take_along_axis(d, near, 1)
+        order = np.argsort(dn, axis=1)
+        near, dn = np.take_along_axis(near, order, 1), np.take_along_axis(dn, order, 1)
+        far = np.maximum(dn[:, k:k + 1], 1e-12)
+        # at (numerically) a bank shape, or with all K tied with the (K+1)-th: the nearest alone
+        exact = (dn[:, :1] <= SNAP * far) | (dn[:, k - 1:k] >= far)
+        w = (np.maximum(0.0, 1.0 - dn[:, :k] / far) / np.maximum(dn[:, :k], SNAP * far)) ** 2
+        w = np.where(exact, np.eye(1, k), w / np.maximum(w.sum(1, keepdims=True), 1e-300))
+        return near[:, :k].astype(np.int64), w.astype(np.float32)
+
+    def frame_weights(self, vertices: np.ndarray, k: int = NEIGHBOURS, sigma: float = TEMPORAL_SIGMA):
+        """``weights`` of a frame sequence (T, V, 3), then mixed over neighbouring frames with a
+        Gaussian of ``sigma`` frames (cut at 2 sigma): (index (T, M), weight (T, M)). Where the lip
+        shape passes close to a bank shape the inverse-distance weights change fast; mixing over
+        time keeps a bank mouth from flashing in for a single frame."""
+        index, weight = self.weights(vertices, k)
+        return smooth_in_time(index, weight, sigma)
+
+    def blend(self, index: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        """float32 (h, w, 3) in 0..255: one frame's mouth from a row of ``weights``' output."""
+        return np.tensordot(np.asarray(weight, np.float32), self.patches[index].astype(np.float32), axes=1)
+
+    def mouths(self, vertices: np.ndarray, k: int = NEIGHBOURS) -> np.ndarray:
+        """float32 (T, h, w, 3) in 0..255: the blended bank mouth of each mesh (T, V, 3)."""
+        idx, w = self.weights(vertices, k)
+        return np.stack([self.blend(i, wi) for i, wi in zip(idx, w)])
+
+    def paste(self, atlas: np.ndarray, mouth: np.ndarray) -> np.ndarray:
+        """``atlas`` (S, S, C>=3) float 0..255 with ``mouth`` (h, w, 3) blended into the box, in place."""
+        t, b, l, r = (int(v) for v in self.box)
+        m = self.mask[..., None]
+        atlas[t:b, l:r, :3] = atlas[t:b, l:r, :3] * (1.0 - m) + mouth * m
+        return atlas
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {k: np.asarray(getattr(self, k)) for k in KEYS}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "MouthBank":
+        return cls(box=np.asarray(arrays["box"], np.int64), patches=np.asarray(arrays["patches"], np.uint8),
+                   shapes=np.asarray(arrays["shapes"], np.float32), vertices=np.asarray(arrays["vertices"], np.int64),
+                   mask=np.asarray(arrays["mask"], np.float32))
+
+
+def mouth_blend_mask(mouth_region: np.ndarray, margin: int = MARGIN) -> np.ndarray:
+    """float32 (S, S): 1 on the lips and inside them, fading to 0 over ``margin`` texels of skin."""
+    import cv2
+
+    k = 2 * margin + 1
+    grown = cv2.dilate(mouth_region.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    soft = cv2.GaussianBlur(grown.astype(np.float32), (0, 0), margin / 2.0)
+    return np.clip(np.maximum(soft, mouth_region), 0, 1).astype(np.float32)
+
+
+def build_mouth_bank(atlas, atlas_mask, vertices: np.ndarray, mouth_region: np.ndarray, frames: np.ndarray, lip_vertices: np.ndarray,
+                     *, interior: np.ndarray | None = None, fill: np.ndarray | None = None,
+                     size: int = BANK_FRAMES) -> MouthBank | None:
+    """A bank from the atlases (T, S, S, 3) uint8 (may be memory-mapped), their coverage masks
+    (T, S, S) bool, the meshes (T, V, 3), the atlas's mouth region (S, S) bool (lips and the
+    inside of the mouth), the candidate frames (e.g. the usable training frames) and the lip
+    vertex indices. Only frames whose atlas covers the lips (the mouth region less ``interior``,
+    (S, S) bool: a closed mouth shows no interior) and whose mesh is finite enter; at most
+    ``size``, evenly spaced. Texels a frame does not cover are taken from ``fill`` (S, S, 3), e.g.
+    the reference atlas. None when fewer than NEIGHBOURS + 1 frames qualify."""
+    mask = mouth_blend_mask(mouth_region)
+    rows, cols = np.nonzero(mask > 0)
+    if not len(rows):
+        return None
+    t, b, l, r = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+    region = mouth_region[t:b, l:r] & (True if interior is None else ~interior[t:b, l:r])
+    frames = np.asarray(frames, np.int64)
+    finite = np.isfinite(np.asarray(vertices[frames][:, lip_vertices])).all((1, 2))
+    frames = frames[finite]
+    covered = np.array([np.asarray(atlas_mask[f, t:b, l:r])[region].mean() >= COVERAGE for f in frames], bool) \
+        if len(frames) else np.zeros(0, bool)
+    frames = frames[covered]
+    if len(frames) < NEIGHBOURS + 1:
+        return None
+    if len(frames) > size:
+        frames = frames[np.linspace(0, len(frames) - 1, size).round().astype(np.int64)]
+    patches = np.stack([np.asarray(atlas[f, t:b, l:r]) for f in frames]).astype(np.uint8)
+    if fill is not None:
+        seen = np.stack([np.asarray(atlas_mask[f, t:b, l:r]) for f in frames])
+        patches = np.where(seen[..., None], patches, np.asarray(fill, np.uint8)[None, t:b, l:r])
+    bank = MouthBank(box=np.array([t, b, l, r], np.int64), patches=patches, shapes=np.zeros((len(frames), 3 * len(lip_vertices)), np.float32),
+                     vertices=np.asarray(lip_vertices, np.int64), mask=mask[t:b, l:r])
+    bank.shapes = bank.shape_of(np.asarray(vertices[frames]))
+    return bank
+
+
+def smooth_in_time(index: np.ndarray, weight: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Blend weights (T, K) mixed with those of the frames within 2 ``sigma`` (Gaussian taps,
+    the sequence's ends repeated): (index (T, (2r+1)K), weight summing to 1 per frame)."""
+    r = int(np.ceil(2 * sigma)) if sigma > 0 else 0
+    if r == 0 or len(index) < 2:
+        return index, weight
+    taps = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    taps /= taps.sum()
+    at = np.clip(np.arange(len(index))[:, None] + np.arange(-r, r + 1)[None], 0, len(index) - 1)  # (T, 2r+1)
+    idx = index[at].reshape(len(index), -1)
+    w = (weight[at] * taps[None, :, None]).reshape(len(index), -1)
+    return idx, (w / w.sum(1, keepdims=True)).astype(np.float32)

@@ -1,0 +1,132 @@
+"""The mouth bank: real mouths of the training clip looked up by lip shape (known-truth round trips)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lipsync.model.mouth_bank import NEIGHBOURS, MouthBank, build_mouth_bank, mouth_blend_mask
+from lipsync.topology import load_topology
+
+
+def lip_vertices():
+    regions = load_topology().regions
+    return np.concatenate([regions["lips_inner"], regions["lips_outer"]])
+
+
+@pytest.fixture(scope="module")
+def bank_and_clip(prepared_grid):
+    clip = prepared_grid
+    frames = np.flatnonzero(np.array(clip.array("valid")))
+    vertices = np.array(clip.array("vertices"), np.float32)
+    bank = build_mouth_bank(clip.array("atlas"), clip.array("atlas_mask"), vertices, clip.regions()["mouth"], frames,
+                            lip_vertices(), size=40)
+    return bank, clip, vertices
+
+
+def test_a_bank_frames_own_lip_shape_returns_its_own_mouth(bank_and_clip):
+    bank, clip, vertices = bank_and_clip
+    assert bank is not None and len(bank.patches) == 40
+    # which clip frames went in: the patch of bank entry i is the atlas of that frame
+    t, b, l, r = bank.box
+    atlas = clip.array("atlas")
+    own = [int(np.flatnonzero((np.asarray(atlas[:, t:b, l:r]) == p).all((1, 2, 3)))[0]) for p in bank.patches[:5]]
+    index, weight = bank.weights(vertices[own])
+    assert (index[:, 0] == np.arange(5)).all()
+    np.testing.assert_allclose(weight[:, 0], 1.0, atol=1e-6)
+    np.testing.assert_array_equal(bank.mouths(vertices[own]).round(), bank.patches[:5].astype(np.float32))
+
+
+def test_weights_are_a_partition_of_unity_and_change_continuously(bank_and_clip):
+    bank, _, vertices = bank_and_clip
+    a, b = bank.shapes[3].reshape(-1, 3), bank.shapes[30].reshape(-1, 3)
+    steps = np.linspace(0, 1, 2001)
+    path = np.repeat(vertices[:1], len(steps), 0)
+    path[:, bank.vertices] = (1 - steps)[:, None, None] * a + steps[:, None, None] * b
+    index, weight = bank.weights(path)
+    assert index.shape == weight.shape == (len(steps), NEIGHBOURS)
+    assert (weight >= 0).all()
+    np.testing.assert_allclose(weight.sum(1), 1.0, atol=1e-5)
+    # a bank mouth enters and leaves the blend with no weight: found by bisection, the weights
+    # just before and just after each change of the nearest set agree
+    def dense_at(t: float) -> np.ndarray:
+        shape = vertices[:1].copy()
+        shape[0, bank.vertices] = (1 - t) * a + t * b
+        i, w = bank.weights(shape)
+        out = np.zeros(len(bank.patches))
+        out[i[0]] = w[0]
+        return out
+
+    support = lambda d: frozenset(np.flatnonzero(d > 0))  # noqa: E731
+    changed = np.flatnonzero((np.sort(index, 1)[1:] != np.sort(index, 1)[:-1]).any(1))
+    assert len(changed) > 0
+    for s in changed[:10]:
+        lo, hi = steps[s], steps[s + 1]
+        for _ in range(40):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if support(dense_at(mid)) == support(dense_at(lo)) else (lo, mid)
+        assert np.abs(dense_at(hi) - dense_at(lo)).max() < 1e-3
+    mouths = bank.mouths(path[[0, -1]])
+    np.testing.assert_allclose(mouths[0], bank.patches[3], atol=0.5)
+    np.testing.assert_allclose(mouths[1], bank.patches[30], atol=0.5)
+
+
+def test_mixing_over_time_stops_a_mouth_flashing_in_for_one_frame(bank_and_clip):
+    bank, _, vertices = bank_and_clip
+    # the lips sit on bank shape 3, except for one frame on shape 30
+    seq = np.repeat(vertices[:1], 9, 0)
+    seq[:, bank.vertices] = bank.shapes[3].reshape(-1, 3)
+    seq[4, bank.vertices] = bank.shapes[30].reshape(-1, 3)
+    plain = bank.mouths(seq)
+    idx, w = bank.frame_weights(seq)
+    mixed = np.stack([bank.blend(i, wi) for i, wi in zip(idx, w)])
+    np.testing.assert_allclose(w.sum(1), 1.0, atol=1e-5)
+    jump = lambda m: np.abs(m[4] - m[3]).mean()  # noqa: E731
+    assert jump(mixed) < 0.5 * jump(plain)
+    # a still mouth on a bank shape stays that bank frame's own mouth
+    np.testing.assert_allclose(mixed[0], bank.patches[3], atol=0.5)
+
+
+def test_paste_replaces_the_lips_and_keeps_the_rest(bank_and_clip):
+    bank, clip, _ = bank_and_clip
+    size = clip.atlas_size
+    atlas = np.full((size, size, 4), 77.0, np.float32)
+    mouth = np.full(bank.patches.shape[1:], 200.0, np.float32)
+    out = bank.paste(atlas.copy(), mouth)
+    t, b, l, r = bank.box
+    inside = clip.regions()["mouth"]
+    assert (out[inside][:, :3] == 200.0).all()
+    assert (out[..., 3] == 77.0).all()  # the blend alpha is not touched
+    outside = np.ones((size, size), bool)
+    outside[t:b, l:r] = False
+    assert (out[outside] == 77.0).all()
+    # between: a smooth fade, never outside the two values
+    assert ((out[..., :3] >= 77.0) & (out[..., :3] <= 200.0)).all()
+
+
+def test_blend_mask_is_one_on_the_mouth_and_fades_in_the_skin():
+    region = np.zeros((64, 64), bool)
+    region[20:40, 15:50] = True
+    mask = mouth_blend_mask(region, margin=3)
+    assert (mask[region] == 1).all()
+    assert mask[10, 30] == 0 and 0 < mask[19, 30] < 1
+
+
+def test_frames_that_do_not_show_the_mouth_stay_out(prepared_grid):
+    clip = prepared_grid
+    vertices = np.array(clip.array("vertices"), np.float32)
+    frames = np.flatnonzero(np.array(clip.array("valid")))[:30]
+    mask = np.array(clip.array("atlas_mask"))
+    mask[frames[:10]] = False  # these frames' atlases cover nothing
+    vertices[frames[10:15]] = np.nan  # and these have no mesh
+    bank = build_mouth_bank(clip.array("atlas"), mask, vertices, clip.regions()["mouth"], frames, lip_vertices())
+    assert len(bank.patches) == 15
+    assert build_mouth_bank(clip.array("atlas"), mask, vertices, clip.regions()["mouth"], frames[:15], lip_vertices()) is None
+
+
+def test_round_trip_through_arrays_and_shape_checks(bank_and_clip):
+    bank = bank_and_clip[0]
+    again = MouthBank.from_arrays(bank.to_arrays())
+    for key, value in bank.to_arrays().items():
+        np.testing.assert_array_equal(getattr(again, key), value)
+    with pytest.raises(ValueError):
+        MouthBank(box=bank.box, patches=bank.patches[:, :-1], shapes=bank.shapes, vertices=bank.vertices, mask=bank.mask)
