@@ -13,9 +13,8 @@ import numpy as np
 from ..common import LipsyncError, Progress, path_arg
 from ..media import _tool
 
+
 @dataclass
-
-
 class Target:
     """Frames to insert the face into, with pose and lighting per frame (T = target frames).
 
@@ -82,6 +81,41 @@ def appearance_similarity(model_atlas: np.ndarray, model_skin: np.ndarray, targe
 SAME_PERSON = 0.75
 
 
+def open_target(target: str | Path, workdir: Path, size: int, notes: list, progress: Progress | None = None):
+    """A target video or still image preprocessed into ``workdir`` (a prepared clip folder made with
+    ``--keep-raw-atlas`` is used as it is). Returns (prepared clip, the video it shows, the
+    ``PreprocessOptions`` used); a note is added for a still image."""
+    from ..media import probe
+    from ..preprocessing import PreprocessOptions, preprocess
+    from ..prepared import MANIFEST, open_prepared
+
+    target = Path(target)
+    opts = PreprocessOptions(atlas_size=size, keep_raw_atlas=True, previews=False, require_audio=False, min_seconds=0.5)
+    if target.is_dir() and (target / MANIFEST).is_file():
+        clip = open_prepared(target)
+        if not clip.info.has_array("atlas_raw") or clip.atlas_size != size:
+            raise LipsyncError(f"the prepared target {target} needs the raw atlas at size {size}; preprocess it with "
+                               f"--keep-raw-atlas --atlas-size {size}.")
+        return clip, clip.info.source, opts
+    video = target
+    try:
+        probe(target)
+    except LipsyncError as err:
+        if "still image" not in str(err):
+            raise
+        video = workdir / "still.mp4"  # a still image becomes a one-second video of itself
+        workdir.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run([_tool("ffmpeg"), "-nostdin", "-v", "error", "-y", "-loop", "1", "-i",
+                               path_arg(target), "-t", "1", "-r", "25", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
+                               "-pix_fmt", "yuv420p", "-c:v", "libx264", path_arg(video)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise LipsyncError(f"{target} could not be read as an image ({proc.stderr.strip()}).") from None
+        notes.append("the target is a still image: the head stays still")
+    clip = open_prepared(preprocess(video, workdir / "target", options=opts,
+                                    progress=progress and (lambda st, d, t: progress(f"target {st}", d, t))))
+    return clip, video, opts
+
+
 def prepare_target(model, target: str | Path | None, workdir: Path, progress: Progress | None = None) -> Target:
     """The training clip (``target=None``), a prepared clip folder made with ``--keep-raw-atlas``,
     or any video/still image, preprocessed on the fly."""
@@ -93,8 +127,7 @@ def target_for_speaker(speaker, target: str | Path | None, workdir: Path, progre
                        training_prepared: str | None = None) -> Target:
     """``prepare_target`` for a speaker's reference data (``model_io.SpeakerData``)."""
     from ..lighting import frame_gains, to_log
-    from ..preprocessing import PreprocessOptions, preprocess
-    from ..prepared import MANIFEST, open_prepared
+    from ..prepared import open_prepared
     from ..topology import load_topology
 
     topo = load_topology()
@@ -114,33 +147,8 @@ def target_for_speaker(speaker, target: str | Path | None, workdir: Path, progre
                       valid=np.array(clip.array("valid")), pose_scale=pose_s, pose_rotation=pose_r, pose_translation=pose_t,
                       gains=gains, terms=terms, frames_total=clip.num_frames, notes=notes)
 
-    target = Path(target)
-    from ..media import probe
-
     size = int(speaker.reference_atlas.shape[0])
-    opts = PreprocessOptions(atlas_size=size, keep_raw_atlas=True, previews=False, require_audio=False, min_seconds=0.5)
-    if target.is_dir() and (target / MANIFEST).is_file():
-        clip = open_prepared(target)
-        if not clip.info.has_array("atlas_raw") or clip.atlas_size != size:
-            raise LipsyncError(f"the prepared target {target} needs the raw atlas at size {size}; preprocess it with "
-                               f"--keep-raw-atlas --atlas-size {size}.")
-        video = clip.info.source
-    else:
-        video = target
-        try:
-            probe(target)
-        except LipsyncError as err:
-            if "still image" not in str(err):
-                raise
-            video = workdir / "still.mp4"  # a still image becomes a one-second video of itself
-            proc = subprocess.run([_tool("ffmpeg"), "-nostdin", "-v", "error", "-y", "-loop", "1", "-i",
-                                   path_arg(target), "-t", "1", "-r", "25", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
-                                   "-pix_fmt", "yuv420p", "-c:v", "libx264", path_arg(video)], capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise LipsyncError(f"{target} could not be read as an image ({proc.stderr.strip()}).") from None
-            notes.append("the target is a still image: the head stays still")
-        clip = open_prepared(preprocess(video, workdir / "target", options=opts,
-                                        progress=progress and (lambda st, d, t: progress(f"target {st}", d, t))))
+    clip, video, opts = open_target(target, workdir, size, notes, progress)
     (s, r, t), _ = _align_to(speaker.reference_vertices, np.array(clip.array("reference_vertices")),
                              topo.regions["stable"])
     similarity = appearance_similarity(speaker.reference_atlas, speaker.region("skin"),
