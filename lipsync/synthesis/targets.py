@@ -12,6 +12,7 @@ import numpy as np
 
 from ..common import LipsyncError, Progress, path_arg
 from ..media import _tool
+from .identity import SAME_PERSON, identity_similarity
 
 
 @dataclass
@@ -49,36 +50,12 @@ class Target:
         return store[:n]
 
 
-def _align_to(model_ref: np.ndarray, target_ref: np.ndarray, stable: np.ndarray):
-    """Similarity mapping the model's canonical frame onto the target clip's, and the shape
-    difference after it (RMS over all vertices, relative to the stable vertices' RMS radius)."""
-    from ..pose import apply_similarity, fit_similarity
+def _align_to(model_ref: np.ndarray, target_ref: np.ndarray, stable: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Similarity (scale, rotation, translation) mapping the model's canonical frame onto the target clip's."""
+    from ..pose import fit_similarity
 
     s, r, t = fit_similarity(model_ref[stable], target_ref[stable])
-    mapped = apply_similarity(model_ref[None], s[None], r[None], t[None])[0]
-    radius = np.sqrt(((target_ref[stable] - target_ref[stable].mean(0)) ** 2).sum(1).mean())
-    diff = float(np.sqrt(((mapped - target_ref) ** 2).sum(1).mean()) / radius)
-    return (float(s), r, t), diff
-
-
-def appearance_similarity(model_atlas: np.ndarray, model_skin: np.ndarray, target_atlas: np.ndarray) -> float:
-    """How alike two speakers' reference atlases look: the correlation of their log luminance over
-    the texels both cover, after the target's smooth lighting relative to the model is removed."""
-    from ..lighting import estimate_gains, log_field, to_log
-
-    cov = (model_atlas.max(-1) > 0) & (target_atlas.max(-1) > 0)
-    ref_log = to_log(model_atlas)
-    terms, g = estimate_gains(target_atlas[None], cov[None], ref_log, model_skin & cov, degree=2)
-    if not np.isfinite(g).all():
-        return 0.0
-    tgt_log = to_log(target_atlas) - log_field(g[0], terms, model_atlas.shape[0])
-    x, y = ref_log.mean(-1)[cov], tgt_log.mean(-1)[cov]
-    return float(np.corrcoef(x, y)[0, 1]) if len(x) > 100 else 0.0
-
-
-# appearance similarity below which the target is probably someone else: measured 0.85-0.91
-# between clips of the same GRID speaker and 0.29-0.60 between pairs of six different people
-SAME_PERSON = 0.75
+    return float(s), r, t
 
 
 def open_target(target: str | Path, workdir: Path, size: int, notes: list, progress: Progress | None = None):
@@ -127,6 +104,7 @@ def target_for_speaker(speaker, target: str | Path | None, workdir: Path, progre
                        training_prepared: str | None = None) -> Target:
     """``prepare_target`` for a speaker's reference data (``model_io.SpeakerData``)."""
     from ..lighting import frame_gains, to_log
+    from ..model_io import SpeakerData
     from ..prepared import open_prepared
     from ..topology import load_topology
 
@@ -149,13 +127,13 @@ def target_for_speaker(speaker, target: str | Path | None, workdir: Path, progre
 
     size = int(speaker.reference_atlas.shape[0])
     clip, video, opts = open_target(target, workdir, size, notes, progress)
-    (s, r, t), _ = _align_to(speaker.reference_vertices, np.array(clip.array("reference_vertices")),
-                             topo.regions["stable"])
-    similarity = appearance_similarity(speaker.reference_atlas, speaker.region("skin"),
-                                       np.array(clip.array("reference_atlas")))
-    if similarity < SAME_PERSON:
-        msg = (f"the target's face does not look like the model's speaker (similarity {similarity:.2f} < {SAME_PERSON}); "
-               "it is probably a different person, and the result will look wrong")
+    s, r, t = _align_to(speaker.reference_vertices, np.array(clip.array("reference_vertices")), topo.regions["stable"])
+    match = identity_similarity(speaker, SpeakerData.from_prepared(clip))
+    if not match.decided:
+        notes.append("too little of the target's face is seen to check that it is the model's speaker")
+    elif not match.same_person:
+        msg = (f"the target's face does not look like the model's speaker (similarity {match.similarity:.2f} < "
+               f"{SAME_PERSON}); it is probably a different person, and the result will look wrong")
         warnings.warn(msg, stacklevel=2)
         notes.append(msg)
     # compose: model canonical -> target canonical (s, r, t) -> target image (per-frame pose)
