@@ -1,6 +1,7 @@
 """Shared fixtures: the bundled GRID clip, one prepared clip per session, and ways to make bad videos."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,7 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 GRID_CLIP = FIXTURES / "grid_s1_bgaa8p.mpg"
 GRID_ALIGN = FIXTURES / "grid_s1_bgaa8p.align"
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# ../shared/data beside the checkout; LIPSYNC_SHARED_DATA points elsewhere (a git worktree, another machine)
+SHARED_DATA = Path(os.environ.get("LIPSYNC_SHARED_DATA", ROOT.parent / "shared" / "data"))
 # The browser tests drive Debian's Chromium (Playwright's own download does not work offline);
 # without the background-networking flags it keeps trying to reach Google's hosts.
 CHROMIUM = Path("/usr/bin/chromium")

@@ -12,10 +12,10 @@ import numpy as np
 
 from ..common import LipsyncError, Progress, path_arg
 from ..media import _tool
+from .identity import SAME_PERSON, identity_similarity
+
 
 @dataclass
-
-
 class Target:
     """Frames to insert the face into, with pose and lighting per frame (T = target frames).
 
@@ -50,36 +50,47 @@ class Target:
         return store[:n]
 
 
-def _align_to(model_ref: np.ndarray, target_ref: np.ndarray, stable: np.ndarray):
-    """Similarity mapping the model's canonical frame onto the target clip's, and the shape
-    difference after it (RMS over all vertices, relative to the stable vertices' RMS radius)."""
-    from ..pose import apply_similarity, fit_similarity
+def _align_to(model_ref: np.ndarray, target_ref: np.ndarray, stable: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Similarity (scale, rotation, translation) mapping the model's canonical frame onto the target clip's."""
+    from ..pose import fit_similarity
 
     s, r, t = fit_similarity(model_ref[stable], target_ref[stable])
-    mapped = apply_similarity(model_ref[None], s[None], r[None], t[None])[0]
-    radius = np.sqrt(((target_ref[stable] - target_ref[stable].mean(0)) ** 2).sum(1).mean())
-    diff = float(np.sqrt(((mapped - target_ref) ** 2).sum(1).mean()) / radius)
-    return (float(s), r, t), diff
+    return float(s), r, t
 
 
-def appearance_similarity(model_atlas: np.ndarray, model_skin: np.ndarray, target_atlas: np.ndarray) -> float:
-    """How alike two speakers' reference atlases look: the correlation of their log luminance over
-    the texels both cover, after the target's smooth lighting relative to the model is removed."""
-    from ..lighting import estimate_gains, log_field, to_log
+def open_target(target: str | Path, workdir: Path, size: int, notes: list, progress: Progress | None = None):
+    """A target video or still image preprocessed into ``workdir`` (a prepared clip folder made with
+    ``--keep-raw-atlas`` is used as it is). Returns (prepared clip, the video it shows, the
+    ``PreprocessOptions`` used); a note is added for a still image."""
+    from ..media import probe
+    from ..preprocessing import PreprocessOptions, preprocess
+    from ..prepared import MANIFEST, open_prepared
 
-    cov = (model_atlas.max(-1) > 0) & (target_atlas.max(-1) > 0)
-    ref_log = to_log(model_atlas)
-    terms, g = estimate_gains(target_atlas[None], cov[None], ref_log, model_skin & cov, degree=2)
-    if not np.isfinite(g).all():
-        return 0.0
-    tgt_log = to_log(target_atlas) - log_field(g[0], terms, model_atlas.shape[0])
-    x, y = ref_log.mean(-1)[cov], tgt_log.mean(-1)[cov]
-    return float(np.corrcoef(x, y)[0, 1]) if len(x) > 100 else 0.0
-
-
-# appearance similarity below which the target is probably someone else: measured 0.85-0.91
-# between clips of the same GRID speaker and 0.29-0.60 between pairs of six different people
-SAME_PERSON = 0.75
+    target = Path(target)
+    opts = PreprocessOptions(atlas_size=size, keep_raw_atlas=True, previews=False, require_audio=False, min_seconds=0.5)
+    if target.is_dir() and (target / MANIFEST).is_file():
+        clip = open_prepared(target)
+        if not clip.info.has_array("atlas_raw") or clip.atlas_size != size:
+            raise LipsyncError(f"the prepared target {target} needs the raw atlas at size {size}; preprocess it with "
+                               f"--keep-raw-atlas --atlas-size {size}.")
+        return clip, clip.info.source, opts
+    video = target
+    try:
+        probe(target)
+    except LipsyncError as err:
+        if "still image" not in str(err):
+            raise
+        video = workdir / "still.mp4"  # a still image becomes a one-second video of itself
+        workdir.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run([_tool("ffmpeg"), "-nostdin", "-v", "error", "-y", "-loop", "1", "-i",
+                               path_arg(target), "-t", "1", "-r", "25", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
+                               "-pix_fmt", "yuv420p", "-c:v", "libx264", path_arg(video)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise LipsyncError(f"{target} could not be read as an image ({proc.stderr.strip()}).") from None
+        notes.append("the target is a still image: the head stays still")
+    clip = open_prepared(preprocess(video, workdir / "target", options=opts,
+                                    progress=progress and (lambda st, d, t: progress(f"target {st}", d, t))))
+    return clip, video, opts
 
 
 def prepare_target(model, target: str | Path | None, workdir: Path, progress: Progress | None = None) -> Target:
@@ -93,8 +104,8 @@ def target_for_speaker(speaker, target: str | Path | None, workdir: Path, progre
                        training_prepared: str | None = None) -> Target:
     """``prepare_target`` for a speaker's reference data (``model_io.SpeakerData``)."""
     from ..lighting import frame_gains, to_log
-    from ..preprocessing import PreprocessOptions, preprocess
-    from ..prepared import MANIFEST, open_prepared
+    from ..model_io import SpeakerData
+    from ..prepared import open_prepared
     from ..topology import load_topology
 
     topo = load_topology()
@@ -114,40 +125,15 @@ def target_for_speaker(speaker, target: str | Path | None, workdir: Path, progre
                       valid=np.array(clip.array("valid")), pose_scale=pose_s, pose_rotation=pose_r, pose_translation=pose_t,
                       gains=gains, terms=terms, frames_total=clip.num_frames, notes=notes)
 
-    target = Path(target)
-    from ..media import probe
-
     size = int(speaker.reference_atlas.shape[0])
-    opts = PreprocessOptions(atlas_size=size, keep_raw_atlas=True, previews=False, require_audio=False, min_seconds=0.5)
-    if target.is_dir() and (target / MANIFEST).is_file():
-        clip = open_prepared(target)
-        if not clip.info.has_array("atlas_raw") or clip.atlas_size != size:
-            raise LipsyncError(f"the prepared target {target} needs the raw atlas at size {size}; preprocess it with "
-                               f"--keep-raw-atlas --atlas-size {size}.")
-        video = clip.info.source
-    else:
-        video = target
-        try:
-            probe(target)
-        except LipsyncError as err:
-            if "still image" not in str(err):
-                raise
-            video = workdir / "still.mp4"  # a still image becomes a one-second video of itself
-            proc = subprocess.run([_tool("ffmpeg"), "-nostdin", "-v", "error", "-y", "-loop", "1", "-i",
-                                   path_arg(target), "-t", "1", "-r", "25", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
-                                   "-pix_fmt", "yuv420p", "-c:v", "libx264", path_arg(video)], capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise LipsyncError(f"{target} could not be read as an image ({proc.stderr.strip()}).") from None
-            notes.append("the target is a still image: the head stays still")
-        clip = open_prepared(preprocess(video, workdir / "target", options=opts,
-                                        progress=progress and (lambda st, d, t: progress(f"target {st}", d, t))))
-    (s, r, t), _ = _align_to(speaker.reference_vertices, np.array(clip.array("reference_vertices")),
-                             topo.regions["stable"])
-    similarity = appearance_similarity(speaker.reference_atlas, speaker.region("skin"),
-                                       np.array(clip.array("reference_atlas")))
-    if similarity < SAME_PERSON:
-        msg = (f"the target's face does not look like the model's speaker (similarity {similarity:.2f} < {SAME_PERSON}); "
-               "it is probably a different person, and the result will look wrong")
+    clip, video, opts = open_target(target, workdir, size, notes, progress)
+    s, r, t = _align_to(speaker.reference_vertices, np.array(clip.array("reference_vertices")), topo.regions["stable"])
+    match = identity_similarity(speaker, SpeakerData.from_prepared(clip))
+    if not match.decided:
+        notes.append("too little of the target's face is seen to check that it is the model's speaker")
+    elif not match.same_person:
+        msg = (f"the target's face does not look like the model's speaker (similarity {match.similarity:.2f} < "
+               f"{SAME_PERSON}); it is probably a different person, and the result will look wrong")
         warnings.warn(msg, stacklevel=2)
         notes.append(msg)
     # compose: model canonical -> target canonical (s, r, t) -> target image (per-frame pose)
