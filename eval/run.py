@@ -355,6 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--syncnet-weights", metavar="PATH", help="SyncNet syncnet_v2.model")
     ap.add_argument("--s3fd-weights", metavar="PATH", help="S3FD face detector sfd_face.pth (for SyncNet)")
     ap.add_argument("--inception-weights", metavar="PATH", help="Inception-v3 weights for FID")
+    ap.add_argument("--train-seconds", nargs="+", type=float, metavar="S",
+                    help="instead of the comparison, the data-efficiency study: lipsync3d trained on the first S "
+                         "seconds of the training footage for each S, measured on the same test clips "
+                         "(efficiency.md and plots/data_efficiency.png in --out)")
     ap.add_argument("--quiet", action="store_true", help="no progress output")
     return ap
 
@@ -365,6 +369,12 @@ def main(argv=None) -> int:
     setup_cache_env()
     args = build_parser().parse_args(argv)
     try:
+        if args.train_seconds:
+            from .efficiency import run_efficiency
+
+            doc = run_efficiency(EvalConfig.from_args(args), args.train_seconds)
+            print(f"results: {Path(args.out) / 'efficiency.md'} ({doc['timings_s']['total']:.0f} s)")
+            return 0
         doc = run(EvalConfig.from_args(args))
     except LipsyncError as err:
         print(f"eval.run: error: {err}", file=sys.stderr)

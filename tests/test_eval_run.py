@@ -176,3 +176,26 @@ def test_human_study_from_the_results(tiny_run, tmp_path):
     df = ratings_frame(engine)
     assert len(df) == study.practice_trials + 6 + 1 and df["is_attention"].sum() == 1
     engine.dispose()
+
+
+def test_data_efficiency_study_trains_on_the_first_seconds_and_reports(tmp_path):
+    """``--train-seconds``: one model per length of training footage (asking for more than there
+    is gives the whole training part, once), each measured on the same test clip, as a table and a plot."""
+    from conftest import FIXTURES
+    from eval.run import main
+
+    out = tmp_path / "eff"
+    args = ["--video", str(FIXTURES / "grid_s1_19clips.mp4"), "--preset", "tiny", "--train-seconds", "3", "100", "200",
+            "--max-test-clips", "1", "--metrics", "mouth_corr", "sharpness", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    doc = json.loads((out / "efficiency.json").read_text())
+    seconds = sorted(doc["seconds"].values())
+    assert len(seconds) == 2 and seconds[0] == 3.0 and 40 < seconds[1] < 50  # the training part: 80% of 57 s
+    for name in doc["seconds"]:
+        assert np.isfinite(doc["results"][name]["sharpness"]["value"])
+    assert (out / "plots" / "data_efficiency.png").stat().st_size > 1000
+    table = (out / "efficiency.md").read_text()
+    assert "| 3 |" in table
+    rows = list(csv.reader((out / "efficiency.csv").open()))
+    assert rows[0][:4] == ["seconds", "mouth_corr", "mouth_corr_lo", "mouth_corr_hi"] and len(rows) == 3
+    assert main(["--video", str(FIXTURES / "grid_s1_19clips.mp4"), "--train-seconds", "-5", "--out", str(tmp_path / "bad"), "--quiet"]) == 2

@@ -251,3 +251,15 @@ def test_the_mouth_comes_from_the_mouth_bank(model, speech, tmp_path, monkeypatc
         outside = np.ones(with_bank.shape[:2], bool)
         outside[t:b, l:r] = False
         np.testing.assert_array_equal(with_bank[outside], without[outside])
+
+
+def test_a_model_without_a_mouth_bank_still_synthesizes(model, speech, tmp_path):
+    """Models saved before the mouth bank existed (or trained without one) draw the network's mouth."""
+    from lipsync.model_io import save_model
+
+    folder = tmp_path / "old_model"
+    save_model(folder, model.net, model.speaker, model.audio_norm, fps=model.fps, training=model.config["training"])
+    old = load_model(folder)
+    assert old.mouth_bank is None
+    result = old.synthesize(out=tmp_path / "old.mp4", audio=speech)
+    assert result.frames > 0 and (tmp_path / "old.mp4").stat().st_size > 0
