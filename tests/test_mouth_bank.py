@@ -77,7 +77,7 @@ def test_mixing_over_time_stops_a_mouth_flashing_in_for_one_frame(bank_and_clip)
     seq[:, bank.vertices] = bank.shapes[3].reshape(-1, 3)
     seq[4, bank.vertices] = bank.shapes[30].reshape(-1, 3)
     plain = bank.mouths(seq)
-    idx, w = bank.frame_weights(seq)
+    idx, w = bank.frame_weights(seq, sigma=1.0)
     mixed = np.stack([bank.blend(i, wi) for i, wi in zip(idx, w)])
     np.testing.assert_allclose(w.sum(1), 1.0, atol=1e-5)
     jump = lambda m: np.abs(m[4] - m[3]).mean()  # noqa: E731

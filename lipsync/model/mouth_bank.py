@@ -27,7 +27,7 @@ BANK_FRAMES = 1000     # at most this many training frames are kept (evenly spac
 NEIGHBOURS = 2         # mouths blended per output frame
 COVERAGE = 0.98        # share of the mouth region a frame's atlas must cover to enter the bank
 MARGIN = 3             # texels of skin kept around the lips, so the blend fades out in skin
-TEMPORAL_SIGMA = 1.0   # frames over which the blend weights are mixed in time
+TEMPORAL_SIGMA = 0.5   # frames over which the blend weights are mixed in time
 SNAP = 1e-4            # a lip shape this close to a bank shape (relative to the K+1-th distance) is that shape
 KEYS = ("box", "patches", "shapes", "vertices", "mask")
 
