@@ -66,18 +66,14 @@ def run_efficiency(config, seconds: list[float]) -> dict:
     from .core import RunContext
     from .metrics import get_metrics
     from .protocol import prepare_protocol
-    from .run import Job, _progress_printer, _summaries, measure
+    from .run import Job, _progress_printer, _summaries, measure, results_folder
     from .stats import summarize
 
     if not seconds or any(not np.isfinite(s) or s <= 0 for s in seconds):
         raise LipsyncError("--train-seconds takes positive numbers of seconds, e.g. 20 40 60 120 180.")
     t_start = time.perf_counter()
     progress = _progress_printer(not config.quiet)
-    out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise LipsyncError(f"{out} is a file; give a folder for the results.")
-    out.mkdir(parents=True, exist_ok=True)
-    cache = out / "cache"
+    out, cache = results_folder(config)
     metrics = get_metrics(list(config.metrics) if config.metrics else list(METRICS))
     device = resolve_device(config.device)
     settings = {"device": device}

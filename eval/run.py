@@ -179,10 +179,21 @@ def cross_audio_files(config: EvalConfig, cache: Path) -> list[Path]:
 # ---------------------------------------------------------------------------------------------
 # the run
 
+def results_folder(config: EvalConfig) -> tuple[Path, Path]:
+    """(the results folder, created; its cache folder); ``LipsyncError`` when it is a file."""
+    from lipsync.common import LipsyncError
+
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise LipsyncError(f"{out} is a file; give a folder for the results.")
+    out.mkdir(parents=True, exist_ok=True)
+    return out, out / "cache"
+
+
 def run(config: EvalConfig) -> dict:
     """Prepare the protocol, fit every method, measure self-reenactment and cross-audio, write the
     results folder; returns ``results.json``'s document."""
-    from lipsync.common import LipsyncError, resolve_device
+    from lipsync.common import resolve_device
 
     from .methods import get_method
     from .metrics import get_metrics
@@ -192,11 +203,7 @@ def run(config: EvalConfig) -> dict:
 
     t_start = time.perf_counter()
     progress = _progress_printer(not config.quiet)
-    out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise LipsyncError(f"{out} is a file; give a folder for the results.")
-    out.mkdir(parents=True, exist_ok=True)
-    cache = out / "cache"
+    out, cache = results_folder(config)
     timings: dict[str, float] = {}
 
     # 1. methods, metrics and their settings
