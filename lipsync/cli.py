@@ -78,8 +78,10 @@ def _cmd_train(args) -> int:
     summary = folder.summary()
     print(f"model           {folder.path}")
     print(f"steps           {summary.steps} in {summary.seconds:.0f} s on {summary.device}"
-          + (" (stopped at --max-minutes)" if summary.stopped_early else ""))
-    print(f"validation      geometry {summary.val_geometry:.4f}, texture {summary.val_texture:.4f}")
+          + (" (stopped at --max-minutes)" if summary.stopped_early else "")
+          + (f" (stopped early: {summary.stop_reason})" if summary.stop_reason and not summary.stopped_early else ""))
+    print(f"validation      geometry {summary.val_geometry:.4f}, texture {summary.val_texture:.4f}"
+          f" (weights of step {summary.best_step}, the best validation)")
     print(f"log             {folder.log}, {folder.plot}")
     return 0
 

@@ -83,16 +83,20 @@ class TrainSummary:
     Members:
         preset: the preset's name; options: every ``TrainOptions`` field as a dict.
         steps: optimizer steps run; seconds: training time (resumed runs included).
-        stopped_early: stopped by ``max_minutes``; device: "cpu" or "cuda".
+        stopped_early: stopped by ``max_minutes``; stop_reason: why training ended before ``steps``
+        ("" when it ran them all); best_step: the step whose weights were kept (the lowest
+        validation loss); device: "cpu" or "cuda".
         prepared: the prepared clip trained on (absolute path).
         frames_train, frames_val: frames in the training and the held-out validation part.
-        val_geometry, val_texture, val_loss: the last validation losses (None if never validated).
+        val_geometry, val_texture, val_loss: the validation losses of the kept weights (None if never validated).
     """
     preset: str
     options: dict
     steps: int
     seconds: float
     stopped_early: bool = False
+    stop_reason: str = ""
+    best_step: int = 0
     device: str = "cpu"
     prepared: str = ""
     frames_train: int = 0

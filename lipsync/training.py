@@ -38,6 +38,9 @@ class TrainOptions:
     tex_channels: int = 96
     pca_components: int = 32
     val_every: int = 300
+    # early stopping: training ends after this many validations without a lower validation loss
+    # (0: runs every step); the weights of the best validation are the ones kept either way
+    patience: int = 3
     geometry_weight: float = 20.0   # canonical units: lips move ~0.05, so L1 is scaled up
     mouth_weight: float = 4.0       # extra texture weight on lips and mouth interior
     prev_noise: float = 0.03        # std of the noise on the previous texture (0..1 units)
@@ -382,7 +385,9 @@ def train(prepared: str | Path, out: str | Path, *, preset: str = "quick", optio
                                                 pct_start=min(0.3, max(0.05, 2.5 / options.steps)))
     rows: list[dict] = []
     step, elapsed_before = 0, 0.0
+    best = {"loss": float("inf"), "step": 0, "index": -1, "state": None, "row": {}}  # the best validation so far
     if ckpt is not None:
+        best = ckpt.get("best", best)
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
@@ -446,7 +451,7 @@ def train(prepared: str | Path, out: str | Path, *, preset: str = "quick", optio
         _atomic_torch_save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                             "step": step, "log": rows, "seconds": seconds, "options": asdict(options),
                             "audio_norm": audio_norm.to_dict(), "torch_rng": torch.get_rng_state(),
-                            "numpy_rng": np.random.get_state(), "rng": rng.bit_generator.state}, ckpt_path)
+                            "numpy_rng": np.random.get_state(), "rng": rng.bit_generator.state, "best": best}, ckpt_path)
         with atomic_file(out / LOG) as tmp, open(tmp, "w", newline="") as f:
             wr = csv.DictWriter(f, LOG_FIELDS)
             wr.writeheader()
@@ -456,7 +461,7 @@ def train(prepared: str | Path, out: str | Path, *, preset: str = "quick", optio
     t0 = time.perf_counter()
     net.train()
     acc = {"g": 0.0, "t": 0.0, "n": 0}
-    stopped_early = False
+    stopped_early, stop_reason = False, ""
     try:
         while step < options.steps:
             idx = rng.choice(data.train, options.batch, replace=len(data.train) < options.batch)
@@ -480,9 +485,16 @@ def train(prepared: str | Path, out: str | Path, *, preset: str = "quick", optio
                              "train_geometry": acc["g"] / acc["n"], "train_texture": acc["t"] / acc["n"],
                              "val_geometry": vg, "val_texture": vt, "val_loss": vg + vt})
                 acc = {"g": 0.0, "t": 0.0, "n": 0}
+                if vg + vt < best["loss"]:
+                    best = {"loss": vg + vt, "step": step, "index": len(rows) - 1, "row": rows[-1],
+                            "state": {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}}
                 checkpoint(seconds)
+                if options.patience and len(rows) - 1 - best["index"] >= options.patience:
+                    stop_reason = f"no better validation loss in {options.patience} validations"
+                    break
             if out_of_time:
                 stopped_early = True
+                stop_reason = "max_minutes"
                 break
             if should_stop is not None and should_stop():
                 checkpoint(seconds)
@@ -492,9 +504,11 @@ def train(prepared: str | Path, out: str | Path, *, preset: str = "quick", optio
         raise LipsyncError(f"training interrupted at step {step}; continue it with 'lipsync train {prepared} --out {out} --resume'.") from None
 
     seconds = elapsed_before + time.perf_counter() - t0
-    last = rows[-1] if rows else {}
+    if best["state"] is not None:  # keep the weights that validated best (early stopping)
+        net.load_state_dict(best["state"])
+    last = best["row"] or (rows[-1] if rows else {})
     summary = TrainSummary(preset=preset, options=asdict(options), steps=step, seconds=round(seconds, 1),
-                           stopped_early=stopped_early, device=device, prepared=str(Path(prepared).resolve()),
+                           stopped_early=stopped_early, stop_reason=stop_reason, best_step=int(best["step"]), device=device, prepared=str(Path(prepared).resolve()),
                            frames_train=int(len(data.train)), frames_val=int(len(data.val)),
                            val_geometry=last.get("val_geometry"), val_texture=last.get("val_texture"),
                            val_loss=last.get("val_loss"))

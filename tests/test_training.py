@@ -266,3 +266,38 @@ def test_a_wider_audio_window_is_used_in_training_and_in_synthesis(prepared_grid
     assert model.net.config.columns == 40
     verts, crops = predict(model, np.zeros(16000, np.float32), 25.0)
     assert verts.shape[0] == 25 and np.isfinite(crops).all()
+
+
+def test_training_keeps_the_best_validated_weights_and_stops_when_validation_stalls(prepared_grid, tmp_path, monkeypatch):
+    """Known truth: validation losses are scripted (3, 1, 2, 4, ...); the weights at the second
+    validation are kept, and with a patience of 2 training ends at the fourth."""
+    import lipsync.training as training
+
+    real_losses, scripted, seen = training._losses, [3.0, 1.0, 2.0, 4.0, 5.0, 6.0], []
+
+    def losses(net, batch, options, weight):
+        g, t = real_losses(net, batch, options, weight)
+        if net.training:
+            return g, t
+        seen.append({k: v.detach().clone() for k, v in net.state_dict().items()})
+        return torch.tensor(scripted[len(seen) - 1]), torch.tensor(0.0)
+
+    monkeypatch.setattr(training, "_losses", losses)
+    opts = TrainOptions(steps=60, batch=8, val_every=5, tex_channels=16, pca_components=8, patience=2,
+                        calibrate_articulation=False, mouth_bank=False)
+    assert len(prepared_grid.array("valid")) * opts.val_fraction <= 128  # one validation batch each
+    folder = train(prepared_grid.path, tmp_path / "m", options=opts)
+    summary = folder.summary()
+    assert summary.steps == 20 and summary.best_step == 10 and summary.val_loss == 1.0
+    assert "2 validations" in summary.stop_reason and not summary.stopped_early
+    kept = load_model(tmp_path / "m").net.state_dict()
+    assert all(torch.equal(kept[k], seen[1][k]) for k in kept)
+    assert not all(torch.equal(kept[k], seen[3][k]) for k in kept)  # the last weights were not kept
+
+
+def test_constant_validation_stops_after_the_patience(prepared_grid, tmp_path):
+    """With a learning rate of 0 nothing improves: training ends ``patience`` validations after the first."""
+    opts = TrainOptions(steps=60, batch=8, lr=0.0, val_every=5, tex_channels=16, pca_components=8, patience=1,
+                        calibrate_articulation=False, mouth_bank=False)
+    summary = train(prepared_grid.path, tmp_path / "m", options=opts).summary()
+    assert summary.steps == 10 and summary.best_step == 5 and summary.stop_reason
