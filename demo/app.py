@@ -54,11 +54,15 @@ def build_app(cfg: DemoConfig | None = None) -> gr.Blocks:
 
         with gr.Tabs():
             with gr.Tab("Start here", id="example", elem_id="tab-example"):
-                gr.Markdown("The bundled example: 3 seconds of GRID speaker s1 (CC BY 4.0). The model is trained "
-                            "on those 3 seconds only, so expect a rough result; 1-5 minutes of video works best.")
+                gr.Markdown("The example: GRID speaker s1 (CC BY 4.0). **Run the example** drives the model shipped "
+                            "with this demo, trained on 3 minutes of the speaker, over a 3-second clip it never saw. "
+                            "**Train it yourself** trains a model on those 3 seconds alone (a few minutes, and a "
+                            "rough result: 1-5 minutes of video works best).")
                 with gr.Row():
                     ex_text = gr.Textbox(EXAMPLE_TEXT, label="Sentence to speak (offline TTS)", scale=3)
-                    ex_run = gr.Button("Run the example", variant="primary", scale=1, elem_id="run-example")
+                    with gr.Column(scale=1):
+                        ex_run = gr.Button("Run the example", variant="primary", elem_id="run-example")
+                        ex_train = gr.Button("Train it yourself on the example", elem_id="train-example")
                 with gr.Row():
                     ex_video = gr.Video(label="Result", elem_id="example-video", interactive=False)
                     ex_mesh = gr.Model3D(label="Animated 3D face (.glb)", interactive=False)
@@ -151,6 +155,9 @@ def build_app(cfg: DemoConfig | None = None) -> gr.Blocks:
         ex_run.click(bind(handlers.run_example), inputs=[session, ex_text],
                      outputs=[session, speaker, model, ex_video, ex_mesh, ex_files, ex_status], **HEAVY,
                      api_name="run_example").then(**show_current)
+        ex_train.click(bind(handlers.train_example), inputs=[session, ex_text],
+                       outputs=[session, speaker, model, ex_video, ex_mesh, ex_files, ex_status], **HEAVY,
+                       api_name="train_example").then(**show_current)
         up_run.click(bind(handlers.preprocess_speaker), inputs=[session, up_video, up_name],
                      outputs=[session, speaker, model, *overview], **HEAVY, api_name="preprocess").then(**refresh_training)
         speaker.input(bind(handlers.select_speaker), inputs=[session, speaker, preset],

@@ -21,6 +21,7 @@ from lipsync.files import atomic_write_text
 from . import jobs
 from .checks import check_audio, check_name, check_text, check_video, shown_name
 from .config import EXAMPLE_TEXT, DemoConfig
+from .example_model import MODEL_DIR, model_key, shipped_model
 from .errors import user_errors
 from .views import (CURVE_EVERY_S, job_status, loss_plot, model_choices, progress_bar, speaker_choices,
                     speaker_overview, synthesis_status, training_view)
@@ -44,13 +45,18 @@ def start(cfg: DemoConfig, token: str | None):
     the example's cached result when there is one. Returns (session, speakers, models, example
     video, example 3D face, example downloads, example status)."""
     session = jobs.new_session(cfg, token)
-    cached = example_cached_result(cfg, EXAMPLE_TEXT)
+    cached = example_cached_result(cfg, EXAMPLE_TEXT, shipped=True) or example_cached_result(cfg, EXAMPLE_TEXT, shipped=False)
     if cached:
         session["speaker"] = jobs.EXAMPLE_ID
         video, mesh, files, status = cached
     else:
         video = mesh = files = None
-        status = ("Press **Run the example** to preprocess the bundled 3-second GRID clip, train a model on it "
+        status = ("Press **Run the example** to make the shipped model (trained on 3 minutes of GRID speaker s1) "
+                  "speak the sentence above over a 3-second clip of the same speaker it never saw (a few seconds), "
+                  "or **Train it yourself** to preprocess that clip, train a model on it alone and make it speak "
+                  "(about 2-3 minutes on 2 CPU cores)."
+                  if shipped_model() else
+                  "Press **Train it yourself** to preprocess the bundled 3-second GRID clip, train a model on it "
                   "and make it speak the sentence above (about 2-3 minutes the first time on 2 CPU cores; "
                   "instant afterwards).")
     return session, speaker_choices(cfg, session), model_choices(cfg, session), video, mesh, files, status
@@ -72,11 +78,13 @@ def _ensure_prepared(speaker: jobs.Speaker, progress, label: str = "", shown: st
     return speaker.prepared
 
 
-def _example_output_dir(cfg: DemoConfig, text: str) -> Path:
+def _example_output_dir(cfg: DemoConfig, text: str, *, shipped: bool) -> Path:
     from lipsync.files import content_key
     from lipsync.synthesis import RENDER_VERSION
 
     speaker = jobs.example_speaker(cfg)
+    if shipped:
+        return speaker.folder / "outputs" / content_key(jobs.SHIPPED, model_key(MODEL_DIR), text, RENDER_VERSION)
     model = jobs.model_dir(speaker, cfg.example_preset)
     return speaker.folder / "outputs" / content_key(model.name, text, RENDER_VERSION)
 
@@ -86,23 +94,64 @@ def _result_files(folder: Path) -> tuple[str, str, list[str]]:
     return str(video), str(mesh), [str(video), str(mesh), str(csv)]
 
 
-def example_cached_result(cfg: DemoConfig, text: str):
-    """(video, mesh, downloads, status) of an example already made for ``text``, else None."""
-    folder = _example_output_dir(cfg, text)
+def example_cached_result(cfg: DemoConfig, text: str, *, shipped: bool):
+    """(video, mesh, downloads, status) of an example already made for ``text`` (by the shipped
+    model, or by the model trained on the bundled clip), else None."""
+    if shipped and shipped_model() is None:
+        return None
+    folder = _example_output_dir(cfg, text, shipped=shipped)
     if not (folder / "summary.json").is_file():
         return None
     summary = json.loads((folder / "summary.json").read_text())
     return (*_result_files(folder), synthesis_status(summary, cached=True))
 
 
-@user_errors
-def run_example(cfg: DemoConfig, session: dict, text: str, progress=gr.Progress()):
-    """Preprocess, train and synthesize the bundled example, each step cached by content.
-    Returns (session, speakers, models, video, 3D face, downloads, status)."""
+def _synthesize_example(model_folder: Path, out: Path, cfg: DemoConfig, text: str, progress, label: str,
+                        target: Path | None = None) -> dict:
+    """Synthesize ``text`` with the model into the example's cache folder ``out``; its summary.json
+    is written last and marks the entry done."""
     from lipsync import load_model
 
+    out.mkdir(parents=True, exist_ok=True)
+    video, mesh, _ = _result_files(out)
+    speech = speech_file(cfg, "text", None, text, out)
+    return load_model(model_folder).synthesize(out=video, audio=speech, target=target, mesh=mesh,
+                                               blendshapes=out / "blendshapes.csv",
+                                               progress=stage_progress(progress, label)).to_dict()
+
+
+def _finish_example(out: Path, summary: dict, t0: float, what: str) -> tuple:
+    summary["wall_s"] = round(time.perf_counter() - t0, 1)
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))  # marks the cache entry done
+    return (*_result_files(out), synthesis_status(summary) + f" {what} took {summary['wall_s']:.0f} s; the next "
+            "visit shows this at once.")
+
+
+@user_errors
+def run_example(cfg: DemoConfig, session: dict, text: str, progress=gr.Progress()):
+    """The shipped model (trained on 3 minutes of GRID s1) speaks ``text`` over the bundled clip,
+    which it never saw; cached by content. Without a shipped model, the same as ``train_example``.
+    Returns (session, speakers, models, video, 3D face, downloads, status)."""
+    if shipped_model() is None:
+        return train_example(cfg, session, text, progress)
     text = check_text(text or EXAMPLE_TEXT, cfg.limits)
-    cached = example_cached_result(cfg, text)
+    speaker = jobs.example_speaker(cfg)
+    session = {**session, "speaker": jobs.EXAMPLE_ID}
+    cached = example_cached_result(cfg, text, shipped=True)
+    if cached is None:
+        t0 = time.perf_counter()
+        out = _example_output_dir(cfg, text, shipped=True)
+        summary = _synthesize_example(MODEL_DIR, out, cfg, text, progress, "", target=speaker.video)
+        cached = _finish_example(out, summary, t0, "Tracking the target clip and synthesis")
+    return (session, speaker_choices(cfg, session), model_choices(cfg, session), *cached)
+
+
+@user_errors
+def train_example(cfg: DemoConfig, session: dict, text: str, progress=gr.Progress()):
+    """Preprocess the bundled example, train a model on it alone and synthesize, each step cached
+    by content. Returns (session, speakers, models, video, 3D face, downloads, status)."""
+    text = check_text(text or EXAMPLE_TEXT, cfg.limits)
+    cached = example_cached_result(cfg, text, shipped=False)
     speaker = jobs.example_speaker(cfg)
     session = {**session, "speaker": jobs.EXAMPLE_ID}
     if cached is None:
@@ -115,16 +164,9 @@ def run_example(cfg: DemoConfig, session: dict, text: str, progress=gr.Progress(
                 progress((job.step, job.total), desc="2/3 train", unit="steps")
             if job.error or job.cancelled:
                 raise LipsyncError(job.error or "training of the example was cancelled; run it again to resume.")
-        out = _example_output_dir(cfg, text)
-        out.mkdir(parents=True, exist_ok=True)
-        video, mesh, _ = _result_files(out)
-        speech = speech_file(cfg, "text", None, text, out)
-        summary = load_model(folder).synthesize(out=video, audio=speech, mesh=mesh, blendshapes=out / "blendshapes.csv",
-                                                progress=stage_progress(progress, "3/3 synthesize: ")).to_dict()
-        summary["wall_s"] = round(time.perf_counter() - t0, 1)
-        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))  # marks the cache entry done
-        cached = (*_result_files(out), synthesis_status(summary) + f" Preprocessing, training and synthesis "
-                  f"took {summary['wall_s']:.0f} s; the next visit shows this at once.")
+        out = _example_output_dir(cfg, text, shipped=False)
+        summary = _synthesize_example(folder, out, cfg, text, progress, "3/3 synthesize: ")
+        cached = _finish_example(out, summary, t0, "Preprocessing, training and synthesis")
     return (session, speaker_choices(cfg, session), model_choices(cfg, session), *cached)
 
 
@@ -250,7 +292,9 @@ def synthesize_speech(cfg: DemoConfig, session: dict, preset: str | None, source
     from lipsync import load_model
 
     speaker, folder = resolve_model(cfg, session, preset)
-    target_path = None
+    # "the training video": the model's own training clip; the shipped model's was not shipped, so
+    # it speaks over the example speaker's bundled clip (preprocessed on the fly)
+    target_path = speaker.video if Path(folder) == MODEL_DIR else None
     if target_kind == "upload":
         shown = shown_name(target, "target video or photo")
         target_path, _, _ = check_video(target, shown, cfg.limits, max_seconds=cfg.limits.target_s,

@@ -35,8 +35,9 @@ log = logging.getLogger("demo")
 EXAMPLE_ID = "example"
 TOKEN_RE = re.compile(r"^[0-9a-f]{32}$")
 SPEAKER_RE = re.compile(r"^sp-[0-9a-f]{12}$")
-PRESET_LABELS = {"example": "example (quick network, 600 steps)", "tiny": "tiny (smoke test)",
-                 "quick": "quick", "full": "full"}
+SHIPPED = "shipped"  # the model shipped with the demo (demo.example_model), for the example speaker only
+PRESET_LABELS = {SHIPPED: "shipped (trained on 3 min of GRID s1)", "example": "example (quick network, 600 steps)",
+                 "tiny": "tiny (smoke test)", "quick": "quick", "full": "full"}
 SESSION_MAX_AGE_DAYS = 30
 
 
@@ -187,6 +188,12 @@ def train_options(preset: str):
 def model_dir(speaker: Speaker, preset: str) -> Path:
     from lipsync.files import content_key
 
+    if preset == SHIPPED:
+        from .example_model import MODEL_DIR
+
+        if speaker.id != EXAMPLE_ID:
+            raise LipsyncError("the shipped model is the example speaker's; pick a preset to train this speaker.")
+        return MODEL_DIR
     return speaker.folder / "models" / f"{preset}-{content_key(asdict(train_options(preset)))[:10]}"
 
 
@@ -199,7 +206,9 @@ def model_state(folder: Path) -> str:
 
 def finished_models(speaker: Speaker) -> list[tuple[str, Path]]:
     """(preset, folder) of the speaker's finished models, best first."""
-    out = []
+    from .example_model import shipped_model
+
+    out = [(SHIPPED, shipped_model())] if speaker.id == EXAMPLE_ID and shipped_model() else []
     for preset in ("full", "quick", "example", "tiny"):
         folder = model_dir(speaker, preset)
         if model_state(folder) == "finished":

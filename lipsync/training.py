@@ -59,6 +59,7 @@ class TrainOptions:
     lighting_norm: bool = True
     # keep a bank of the training frames' full-resolution mouths for synthesis (lipsync.model.mouth_bank)
     mouth_bank: bool = True
+    mouth_bank_frames: int = 1000   # at most this many mouths (about 22 KB each at the default atlas size)
     # scale synthesized mouth movements so they are as large as the speaker's on the validation part
     calibrate_articulation: bool = True
 
@@ -226,7 +227,7 @@ def make_mouth_bank(clip, options: TrainOptions, vertices: np.ndarray, frames: n
     cv2.fillPoly(interior, [np.round(corners * 16).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
     return build_mouth_bank(clip.array(_atlas_name(clip, options)), clip.array("atlas_mask"), vertices,
                             clip.regions()["mouth"], frames, lips, interior=interior.astype(bool),
-                            fill=reference_atlas(clip, options))
+                            fill=reference_atlas(clip, options), size=options.mouth_bank_frames)
 
 
 def reference_atlas(clip, options: TrainOptions) -> np.ndarray:

@@ -71,7 +71,7 @@ def test_build_app_without_launching(cfg):
     app = build_app(cfg)
     assert isinstance(app, gr.Blocks)
     names = {d.api_name for d in app.fns.values()}
-    assert {"run_example", "preprocess", "train", "synthesize", "compare"} <= names
+    assert {"run_example", "train_example", "preprocess", "train", "synthesize", "compare"} <= names
 
 
 def test_cli_defaults():
@@ -206,6 +206,35 @@ def test_example_then_cached_second_visit(cfg, session):
     again = handlers.start(cfg, new_session["token"])
     assert time.perf_counter() - t0 < CACHED_EXAMPLE_S
     assert again[0]["token"] == new_session["token"] and again[3] == video
+
+
+def test_the_example_uses_the_shipped_model_first(cfg, session):
+    """Run the example: the shipped model (trained on 3 minutes of the speaker), over the bundled
+    clip; it is the example speaker's first model, drivable like any other."""
+    from demo.example_model import shipped_model
+
+    assert shipped_model() is not None
+    out = handlers.run_example(cfg, session, "Bin blue at A one.")
+    assert "Tracking the target clip and synthesis took" in out[6]
+    assert out[2].choices[0] == (jobs.PRESET_LABELS[jobs.SHIPPED], jobs.SHIPPED)
+    speaker = jobs.get_speaker(cfg, out[0], jobs.EXAMPLE_ID)
+    assert jobs.finished_models(speaker)[0] == (jobs.SHIPPED, shipped_model())
+    video, _, _, status = handlers.synthesize_speech(cfg, out[0], jobs.SHIPPED, "text", None, "Lay red by B two.",
+                                                     "training", None)
+    assert Path(video).stat().st_size > 0 and "frames" in status
+    # another speaker cannot borrow the example's shipped model
+    with pytest.raises(LipsyncError, match="the shipped model is the example speaker's"):
+        jobs.model_dir(jobs.Speaker("sp-000000000000", "x", cfg.root / "x", GRID_CLIP), jobs.SHIPPED)
+
+
+def test_train_the_example_yourself(cfg, session):
+    """The second button: preprocess, train on the bundled 3 s and synthesize, cached by content."""
+    out = handlers.train_example(cfg, session, "Place red at G nine now.")
+    assert "Preprocessing, training and synthesis took" in out[6]
+    speaker = jobs.get_speaker(cfg, out[0], jobs.EXAMPLE_ID)
+    assert jobs.model_state(jobs.model_dir(speaker, "tiny")) == "finished"
+    again = handlers.train_example(cfg, out[0], "Place red at G nine now.")
+    assert again[3] == out[3] and "from the cache" in again[6]
 
 
 def test_drive_with_text_and_a_photo(cfg, grid_session, media):

@@ -1,0 +1,62 @@
+"""The model shipped with the demo: it loads, reproduces its recorded outputs, and the command
+that re-makes it produces a folder of the same kind."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from demo import example_model
+from lipsync.common import LipsyncError
+from lipsync.model_io import load_model
+from lipsync.training import TrainOptions
+
+TINY = TrainOptions(steps=20, batch=8, val_every=10, tex_channels=16, pca_components=8, mouth_bank_frames=5)
+
+
+def assert_reproduces(folder):
+    recorded = np.load(folder / example_model.RECORDED)
+    now = example_model.record_outputs(folder)
+    assert set(recorded.files) == set(now)
+    for name in ("vertices", "crops", "crop_means"):
+        np.testing.assert_allclose(now[name], recorded[name], atol=1e-4, err_msg=name)
+    if "bank_index" in now:
+        # the nearest bank mouths and their weights; a tie broken the other way would move a weight
+        # from one index to another, so the weights are compared per (frame, index)
+        for t in range(len(now["bank_index"])):
+            a = dict(zip(now["bank_index"][t].tolist(), now["bank_weight"][t].tolist()))
+            b = dict(zip(recorded["bank_index"][t].tolist(), recorded["bank_weight"][t].tolist()))
+            for k in set(a) | set(b):
+                assert abs(a.get(k, 0.0) - b.get(k, 0.0)) < 1e-3, (t, k)
+
+
+def test_shipped_model_loads_and_reproduces_its_recorded_outputs():
+    folder = example_model.shipped_model()
+    assert folder is not None, f"the shipped model is missing from {example_model.MODEL_DIR}; make it with python -m demo.example_model"
+    model = load_model(folder)
+    summary = json.loads((folder / "training.json").read_text())
+    options = json.loads((folder / "options.json").read_text())
+    assert summary["options"] == options and options["mouth_bank_frames"] == example_model.BANK_FRAMES
+    assert summary["frames_train"] + summary["frames_val"] >= 4000  # trained on the 3-minute clip, not the 3-second one
+    assert model.mouth_bank is not None and len(model.mouth_bank.patches) == example_model.BANK_FRAMES
+    assert_reproduces(folder)
+    size = sum(f.stat().st_size for f in folder.iterdir())
+    assert size < 16e6, f"the shipped model takes {size / 1e6:.1f} MB"
+
+
+def test_the_command_makes_a_shipped_model_folder(prepared_grid, tmp_path):
+    out = tmp_path / "shipped"
+    example_model.make(None, out=out, prepared=prepared_grid.path, options=TINY, workdir=tmp_path)
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "training.json", example_model.RECORDED, "options.json"} <= names
+    assert "checkpoint.pt" not in names
+    assert json.loads((out / "training.json").read_text())["prepared"] == prepared_grid.path.name
+    assert len(load_model(out).mouth_bank.patches) == 5
+    assert_reproduces(out)
+    # a failing re-make leaves the shipped folder as it was
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(LipsyncError):
+        example_model.make(None, out=out, prepared=tmp_path / "no-such-clip", options=TINY, workdir=tmp_path)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("lipsync-example-")]
