@@ -21,7 +21,7 @@ export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 export TORCH_HOME := $(CURDIR)/.cache/torch
 export GRADIO_TEMP_DIR := $(CURDIR)/.cache/gradio
 
-.PHONY: demo test test-all bench eval system-deps venv clean
+.PHONY: demo test test-all bench eval example-model system-deps venv clean
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -65,6 +65,10 @@ bench: venv
 eval: venv
 	$(BIN)/python -m eval.run --video ../shared/data/grid_s1/s1_train_180s.mp4 \
 	  --test-clips ../shared/data/grid_s1/eval_clips --preset quick --out eval_results
+
+# re-make the model the demo ships (demo/assets/grid_s1_model) from GRID s1's 3-minute clip
+example-model: venv
+	$(BIN)/python -m demo.example_model --video ../shared/data/grid_s1/s1_train_180s.mp4
 
 clean:
 	rm -rf $(VENV) .cache examples test-artifacts bench-results eval_results
