@@ -39,8 +39,9 @@ class TrainOptions:
     pca_components: int = 32
     val_every: int = 300
     # early stopping: training ends after this many validations without a lower validation loss
-    # (0: runs every step); the weights of the best validation are the ones kept either way
+    # (0: runs every step); with keep_best the weights of the best validation are the ones kept
     patience: int = 3
+    keep_best: bool = True
     geometry_weight: float = 20.0   # canonical units: lips move ~0.05, so L1 is scaled up
     mouth_weight: float = 4.0       # extra texture weight on lips and mouth interior
     prev_noise: float = 0.03        # std of the noise on the previous texture (0..1 units)
@@ -505,9 +506,11 @@ def train(prepared: str | Path, out: str | Path, *, preset: str = "quick", optio
         raise LipsyncError(f"training interrupted at step {step}; continue it with 'lipsync train {prepared} --out {out} --resume'.") from None
 
     seconds = elapsed_before + time.perf_counter() - t0
-    if best["state"] is not None:  # keep the weights that validated best (early stopping)
+    if options.keep_best and best["state"] is not None:  # the weights that validated best (early stopping)
         net.load_state_dict(best["state"])
-    last = best["row"] or (rows[-1] if rows else {})
+    else:
+        best = {"step": step, "row": rows[-1] if rows else {}}
+    last = best["row"]
     summary = TrainSummary(preset=preset, options=asdict(options), steps=step, seconds=round(seconds, 1),
                            stopped_early=stopped_early, stop_reason=stop_reason, best_step=int(best["step"]), device=device, prepared=str(Path(prepared).resolve()),
                            frames_train=int(len(data.train)), frames_val=int(len(data.val)),
