@@ -140,9 +140,11 @@ def run_example(cfg: DemoConfig, session: dict, text: str, progress=gr.Progress(
     cached = example_cached_result(cfg, text, shipped=True)
     if cached is None:
         t0 = time.perf_counter()
+        # prepared like any speaker, so its overview, training and comparison tabs work as well
+        _ensure_prepared(speaker, progress, "1/2 preprocess the example clip: ")
         out = _example_output_dir(cfg, text, shipped=True)
-        summary = _synthesize_example(MODEL_DIR, out, cfg, text, progress, "", target=speaker.video)
-        cached = _finish_example(out, summary, t0, "Tracking the target clip and synthesis")
+        summary = _synthesize_example(MODEL_DIR, out, cfg, text, progress, "2/2 synthesize: ", target=speaker.video)
+        cached = _finish_example(out, summary, t0, "Preprocessing the example clip and synthesis")
     return (session, speaker_choices(cfg, session), model_choices(cfg, session), *cached)
 
 

@@ -215,7 +215,8 @@ def test_the_example_uses_the_shipped_model_first(cfg, session):
 
     assert shipped_model() is not None
     out = handlers.run_example(cfg, session, "Bin blue at A one.")
-    assert "Tracking the target clip and synthesis took" in out[6]
+    assert "Preprocessing the example clip and synthesis took" in out[6]
+    assert jobs.example_speaker(cfg).is_prepared()  # its overview and Compare work as for any speaker
     assert out[2].choices[0] == (jobs.PRESET_LABELS[jobs.SHIPPED], jobs.SHIPPED)
     speaker = jobs.get_speaker(cfg, out[0], jobs.EXAMPLE_ID)
     assert jobs.finished_models(speaker)[0] == (jobs.SHIPPED, shipped_model())
