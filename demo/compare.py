@@ -208,7 +208,12 @@ def run_comparison(cfg: DemoConfig, session: dict, preset: str | None, baselines
     same = clip.video == speaker.video
     where = ("the whole training video (it is short), so the numbers show how well each method fits footage it "
              "trained on" if same else f"the last {TEST_SECONDS:g} s of the training video")
-    if not same:
+    from .example_model import MODEL_DIR
+
+    if Path(folder) == MODEL_DIR:
+        where = ("the bundled 3-second clip, which the shipped model never saw (it was trained on a separate "
+                 "3-minute recording of the speaker); the baselines that train learn from this clip itself")
+    elif not same:
         seen_s = _seen_in_training(clip, speaker)
         if seen_s > 0:
             where += (f"; {seen_s:.1f} s of it were also in the training part (training holds out only the last "

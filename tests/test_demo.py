@@ -223,6 +223,8 @@ def test_the_example_uses_the_shipped_model_first(cfg, session):
     video, _, _, status = handlers.synthesize_speech(cfg, out[0], jobs.SHIPPED, "text", None, "Lay red by B two.",
                                                      "training", None)
     assert Path(video).stat().st_size > 0 and "frames" in status
+    _, table, notes, _ = compare.run_comparison(cfg, out[0], jobs.SHIPPED, ["frozen"], "self", None, None, None, "tiny")
+    assert "which the shipped model never saw" in notes and list(table["method"])[0] == compare.THIS_MODEL
     # another speaker cannot borrow the example's shipped model
     with pytest.raises(LipsyncError, match="the shipped model is the example speaker's"):
         jobs.model_dir(jobs.Speaker("sp-000000000000", "x", cfg.root / "x", GRID_CLIP), jobs.SHIPPED)
