@@ -30,7 +30,8 @@ def _peak_mib() -> dict:
     return {"process_mib": round(self_kib / 1024, 1), "children_mib": round(child_kib / 1024, 1)}
 
 
-def bench_preprocess(video: str, *, atlas_size: int = 256, previews: bool = True, keep: str | None = None) -> dict:
+def bench_preprocess(video: str, *, atlas_size: int = 256, previews: bool = True, keep: str | None = None,
+                     workers: int = 0) -> dict:
     from lipsync.preprocessing import PreprocessOptions, preprocess
     from lipsync.prepared import open_prepared
 
@@ -38,16 +39,19 @@ def bench_preprocess(video: str, *, atlas_size: int = 256, previews: bool = True
     out = Path(keep) if keep else work / "prepared"
     try:
         t0 = time.perf_counter()
-        preprocess(video, out, options=PreprocessOptions(atlas_size=atlas_size, previews=previews), overwrite=True)
+        preprocess(video, out, options=PreprocessOptions(atlas_size=atlas_size, previews=previews, workers=workers),
+                   overwrite=True)
         wall = time.perf_counter() - t0
         m = open_prepared(out).info
     finally:
         shutil.rmtree(work, ignore_errors=True)
     n = m.frames
-    stages = {k: {"seconds": v, "frames_per_s": round(n / v, 1) if v > 0 else None}
+    stages = {k: {"seconds": v, "frames_per_s": round(n / v, 1) if v > 0 else None,
+                  "cpu_s": m.cpu_s.get(k, {}).get("process"), "decoder_cpu_s": m.cpu_s.get(k, {}).get("decoder")}
               for k, v in m.timings_s.items() if k != "total"}
     return {
         "benchmark": "preprocess",
+        "workers": m.workers,
         "video": str(video),
         "frames": n,
         "resolution": f"{m.width}x{m.height}",
@@ -119,11 +123,18 @@ def _print_train(r: dict) -> None:
 
 
 def _print_stages(r: dict, suffix: str = "") -> None:
-    """The per-stage table (seconds, frames/s) and the overall line of a preprocess or synthesize result."""
-    print(f"{'stage':<10} {'seconds':>9} {'frames/s':>10}")
+    """The per-stage table (seconds, frames/s; CPU seconds where measured) and the overall line of a
+    preprocess or synthesize result."""
+    cpu = any("cpu_s" in v for v in r["stages"].values())
+    head = f"{'stage':<10} {'seconds':>9} {'frames/s':>10}"
+    print(head + (f" {'cpu s':>8} {'ffmpeg s':>9} {'cores busy':>10}" if cpu else ""))
     for k, v in r["stages"].items():
         fps = f"{v['frames_per_s']:.1f}" if v["frames_per_s"] else "-"
-        print(f"{k:<10} {v['seconds']:>9.3f} {fps:>10}")
+        line = f"{k:<10} {v['seconds']:>9.3f} {fps:>10}"
+        if cpu and v.get("cpu_s") is not None:
+            busy = (v["cpu_s"] + v["decoder_cpu_s"]) / v["seconds"] if v["seconds"] > 0 else 0.0
+            line += f" {v['cpu_s']:>8.2f} {v['decoder_cpu_s']:>9.2f} {busy:>10.2f}"
+        print(line)
     print(f"{'overall':<10} {r['total_s']:>9.3f} {r['overall_frames_per_s']:>10.1f}{suffix}")
 
 
@@ -140,7 +151,8 @@ def _print_synthesize(r: dict) -> None:
 
 
 def _print_preprocess(r: dict) -> None:
-    print(f"preprocess {r['video']}: {r['frames']} frames {r['resolution']} @ {r['fps_source']:g} fps, atlas {r['atlas_size']}")
+    print(f"preprocess {r['video']}: {r['frames']} frames {r['resolution']} @ {r['fps_source']:g} fps, atlas {r['atlas_size']}, "
+          f"{r['workers']} worker thread(s)")
     _print_stages(r, f"   ({r['realtime_factor']:.2f}x real time)")
     _print_memory(r)
 
@@ -169,6 +181,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-previews", action="store_true", help="leave the preview images out of the timing")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--keep", help="keep the prepared clip in this folder")
+    p.add_argument("--workers", type=int, default=0, help="threads of the per-frame stages (0: one per core)")
     p = sub.add_parser("train", help="time `lipsync train` on a prepared clip",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("prepared")
@@ -194,7 +207,7 @@ def main(argv=None) -> int:
     try:
         if args.what == "preprocess":
             result = bench_preprocess(args.video, atlas_size=args.atlas_size, previews=not args.no_previews,
-                                      keep=args.keep)
+                                      keep=args.keep, workers=args.workers)
             _print_preprocess(result)
         elif args.what == "train":
             result = bench_train(args.prepared, preset=args.preset, keep=args.keep, device=args.device)

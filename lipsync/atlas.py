@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -51,7 +52,18 @@ class AtlasSampler:
 
     def interpolate(self, values: np.ndarray) -> np.ndarray:
         """Barycentric interpolation of per-vertex ``values`` (V, D) at the covered texels -> (N, D)."""
+        if values.dtype == np.float32:
+            return self._weights @ values  # same sums in the same order as below, 5x faster
         return np.einsum("nk,nkd->nd", self.bary, values[self.vertex_index])
+
+    @cached_property
+    def _weights(self):
+        """The barycentric interpolation as a sparse (N, V) matrix (three weights per row)."""
+        import scipy.sparse
+
+        n = len(self.texels)
+        return scipy.sparse.csr_matrix((self.bary.ravel(), self.vertex_index.ravel().astype(np.int64),
+                                        np.arange(0, 3 * n + 1, 3)), shape=(n, int(self.vertex_index.max()) + 1))
 
 
 def rasterize_uv(uv: np.ndarray, faces: np.ndarray, size: int):
@@ -155,14 +167,16 @@ def extract_atlas(frame: np.ndarray, points: np.ndarray, scale: float, sampler: 
     ok_face = face_visibility(p2, scale, sampler, faces, min_area_ratio=min_area_ratio,
                               min_mouth_ratio=min_mouth_ratio)[sampler.face_index]
     inside = (pos[:, 0] >= 0) & (pos[:, 0] <= w) & (pos[:, 1] >= 0) & (pos[:, 1] <= h)
-    map_xy = np.full((size * size, 2), -10.0, np.float32)
-    map_xy[sampler.texels] = pos - 0.5  # cv2 puts pixel centres at integers
-    map_xy = map_xy.reshape(size, size, 2)
+    map_xy = np.full((size, size, 2), -10.0, np.float32)
+    pos -= 0.5  # cv2 puts pixel centres at integers
+    # scatter each (x, y) pair as one 8-byte item: twice as fast as a (N, 2) fancy assignment
+    map_xy.view(np.complex64).reshape(-1)[sampler.texels] = pos.view(np.complex64).reshape(-1)
     atlas = cv2.remap(frame, map_xy, None, interpolation=cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     mask = np.zeros(size * size, bool)
-    mask[sampler.texels] = ok_face & inside
+    ok_face &= inside
+    mask[sampler.texels] = ok_face
     mask = mask.reshape(size, size)
-    atlas[~mask] = 0
+    atlas *= mask[..., None]  # zero where invalid (faster than boolean indexing)
     return atlas, mask
 
 

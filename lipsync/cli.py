@@ -28,11 +28,22 @@ def _tqdm_progress(enabled: bool) -> Progress:
     return update
 
 
+def _workers(text: str) -> int:
+    """argparse type of ``--workers``: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of threads (0 for one per CPU core)")
+    return value
+
+
 def _cmd_preprocess(args) -> int:
     from .preprocessing import PreprocessOptions, preprocess
 
     options = PreprocessOptions(atlas_size=args.atlas_size, max_gap_s=args.max_gap, keep_raw_atlas=args.keep_raw_atlas,
-                                previews=not args.no_previews, sync_audio=not args.no_sync)
+                                previews=not args.no_previews, sync_audio=not args.no_sync, workers=args.workers)
     out = preprocess(args.video, args.out, options=options, overwrite=args.overwrite,
                      progress=_tqdm_progress(not args.quiet and sys.stderr.isatty() or args.progress))
     from .inspect_clip import summarize
@@ -133,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-raw-atlas", action="store_true", help="also store the atlas before lighting normalization")
     p.add_argument("--no-previews", action="store_true", help="skip the preview images")
     p.add_argument("--no-sync", action="store_true", help="keep the audio as it is, even if it is out of sync with the lips")
+    p.add_argument("--workers", type=_workers, default=0,
+                   help="threads for the per-frame stages (0: one per CPU core; 1: one thread); results are the same")
     p.add_argument("--overwrite", action="store_true", help="replace an existing prepared clip at --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")

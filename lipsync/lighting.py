@@ -196,23 +196,31 @@ def estimate_gains(atlases: np.ndarray, masks: np.ndarray, reference_log: np.nda
 
 
 def frame_gains(atlases: np.ndarray, masks: np.ndarray, reference_log: np.ndarray, skin: np.ndarray, *,
-                degree: int, valid: np.ndarray, chunk: int = 256, each_chunk=None) -> tuple[list, np.ndarray]:
+                degree: int, valid: np.ndarray, chunk: int = 256, each_chunk=None,
+                workers: int = 1) -> tuple[list, np.ndarray]:
     """``estimate_gains`` over a whole clip, ``chunk`` frames at a time (atlases may be memory-mapped).
 
     The one loop that measures every frame's lighting: preprocessing normalizes each chunk in place
     right after it is measured (``each_chunk(slice, coeffs)``), synthesis measures a target's frames
-    against a model's reference. Returns (terms, float32 (T, 3, K)); NaN where ``valid`` is False.
+    against a model's reference. Chunks run on ``workers`` threads (0: one per core; the results do
+    not depend on it). Returns (terms, float32 (T, 3, K)); NaN where ``valid`` is False.
     """
+    from .workers import BoundedPool
+
     n = len(atlases)
     terms = poly_terms(degree)
     gains = np.full((n, 3, len(terms)), np.nan, np.float32)
-    for start in range(0, n, chunk):
-        sl = slice(start, min(n, start + chunk))
+
+    def measure(sl: slice) -> None:
         _, coef = estimate_gains(atlases[sl], masks[sl], reference_log, skin, degree=degree)
         coef[~valid[sl]] = np.nan
         gains[sl] = coef
         if each_chunk is not None:
             each_chunk(sl, coef)
+
+    with BoundedPool(workers, name="lighting") as pool:
+        for start in range(0, n, chunk):
+            pool.submit(measure, slice(start, min(n, start + chunk)))
     return terms, gains
 
 

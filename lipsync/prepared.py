@@ -65,7 +65,9 @@ class Manifest:
         temporal_terms, spatial_terms: exponents of the lighting bases (``lipsync.lighting``).
         lighting: the lighting figures (temporal std, residual, asymmetry before/after).
         sync: whether and how the audio was re-aligned; warnings: quality warnings.
-        timings_s, frames_per_second: how long preprocessing took; versions: of the libraries used.
+        timings_s, frames_per_second: how long preprocessing took; cpu_s: per stage, CPU seconds of
+            this process (all threads) and of its ffmpeg decoders; workers: threads of the per-frame
+            stages; versions: of the libraries used.
         previews: preview name -> relative path (empty without previews).
         valid_fraction, tracked_fraction: shares of usable and tracked frames; usable_s: seconds of
             usable frames; interpolated_frames, excluded_frames, appearance_outliers: frame counts;
@@ -91,6 +93,8 @@ class Manifest:
     warnings: tuple = ()
     timings_s: dict = field(default_factory=dict)
     frames_per_second: float | None = None
+    cpu_s: dict = field(default_factory=dict)
+    workers: int = 1
     versions: dict = field(default_factory=dict)
     previews: dict = field(default_factory=dict)
     valid_fraction: float = 1.0
@@ -118,6 +122,7 @@ class Manifest:
                    lighting={k: v for k, v in light.items() if k not in ("temporal_terms", "spatial_terms")},
                    sync=dict(m.get("sync", {})), warnings=tuple(m.get("warnings", [])),
                    timings_s=dict(m.get("timings_s", {})), frames_per_second=m.get("frames_per_second"),
+                   cpu_s=dict(m.get("cpu_s", {})), workers=int(m.get("workers", 1)),
                    versions=dict(m.get("versions", {})), previews=dict(m.get("previews", {})),
                    valid_fraction=float(m.get("valid_fraction", 1.0)),
                    tracked_fraction=float(m.get("tracked_fraction", 1.0)), usable_s=float(m.get("usable_s", 0.0)),

@@ -14,11 +14,13 @@ from ..atlas import masked_median
 from ..common import Progress
 from ..lighting import (LightingParams, apply_log_gain, estimate_spatial, frame_gains, log_field, masked_row_median,
                         mirror_sample, poly_basis, poly_terms, to_log)
+from ..workers import Counter
 from .options import PreprocessOptions
 from .reference import NormalizedPose
 from .unwrap import AtlasLayout, Unwrapped
 
 SKIN_SAMPLE = 4000  # skin texels the per-frame statistics use (a fixed random subset)
+NORMALIZE_BATCH = 8  # frames normalized together (their per-texel temporaries fit in the CPU cache)
 
 
 def mirror_texels(sampler, uv: np.ndarray, mirror: np.ndarray) -> np.ndarray:
@@ -92,8 +94,16 @@ def normalize_lighting(unwrapped: Unwrapped, pose: NormalizedPose, valid: np.nda
     basis_cov_t = np.ascontiguousarray(poly_basis(gu.ravel()[covered], gv.ravel()[covered], t_terms).T)  # (K, N)
 
     def normalize_chunk(sl: slice, coef: np.ndarray) -> None:
-        a, m = atlas[sl], masks[sl]  # views into the memory-mapped output, normalized in place
         ok = np.isfinite(coef).all(axis=(1, 2))
+        # a few frames at a time: the per-texel temporaries stay in the CPU cache
+        for start in range(sl.start, sl.stop, NORMALIZE_BATCH):
+            sub = slice(start, min(sl.stop, start + NORMALIZE_BATCH))
+            k = slice(sub.start - sl.start, sub.stop - sl.start)
+            normalize_frames(sub, coef[k], ok[k])
+        progress("lighting", done.add(sl.stop - sl.start), n)
+
+    def normalize_frames(sl: slice, coef: np.ndarray, ok: np.ndarray) -> None:
+        a, m = atlas[sl], masks[sl]  # views into the memory-mapped output, normalized in place
         b = len(a)
         # texels outside ``covered`` are already zero and masked out by extract_atlas
         a_flat, m_flat = a.reshape(b, -1, 3), m.reshape(b, -1)
@@ -107,13 +117,13 @@ def normalize_lighting(unwrapped: Unwrapped, pose: NormalizedPose, valid: np.nda
         normed = a_cov * np.exp(fld, out=fld).transpose(0, 2, 1)  # exp on the contiguous layout: fast
         normed += 0.5
         normed = np.clip(normed, 0, 255, out=normed).astype(np.uint8)
-        normed[~m_cov] = 0
+        normed *= m_cov[..., None]
         a_flat[:, covered] = normed
         m_flat[:, covered] = m_cov
-        progress("lighting", sl.stop, n)
 
+    done = Counter()  # frames normalized so far (chunks finish in any order on several threads)
     _, gains = frame_gains(atlas, masks, ref_log, skin, degree=options.lighting_degree, valid=valid,
-                           chunk=options.chunk, each_chunk=normalize_chunk)
+                           chunk=options.chunk, each_chunk=normalize_chunk, workers=options.workers)
     # 3. frames that look nothing like the face even after normalization are excluded
     outliers = stats.outliers(valid)
     for t in np.flatnonzero(outliers):

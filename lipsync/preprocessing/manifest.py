@@ -132,7 +132,7 @@ def build_manifest(video, *, info: VideoInfo, frames: int, track: FaceTrack, cle
         "sync": speech.sync,
         "region_names": list(REGION_NAMES),
         "arrays": arrays,
-        "options": {k: v for k, v in options.__dict__.items()},
+        "options": {k: v for k, v in options.__dict__.items() if k != "workers"},  # results do not depend on it
         "warnings": warnings,
         "versions": versions(),
     }

@@ -19,4 +19,5 @@ class PreprocessOptions:
     require_audio: bool = True       # refuse videos without sound (a synthesis target needs none)
     sync_audio: bool = True          # measure the audio/lip offset and re-align out-of-sync audio
     chunk: int = 256                 # frames per batch in the lighting step
+    workers: int = 0                 # threads for the per-frame stages (0: one per CPU core; 1: sequential)
     previews: bool = True

@@ -12,6 +12,7 @@ from ..common import Progress
 from ..media import FrameReader, VideoInfo
 from ..topology import FaceTopology
 from ..uvmap import UVLayout, build_uv_layout
+from ..workers import BoundedPool
 from .options import PreprocessOptions
 from .reference import NormalizedPose
 
@@ -54,24 +55,29 @@ class Unwrapped:
 
 
 def unwrap_frames(info: VideoInfo, frames: int, pose: NormalizedPose, valid: np.ndarray, layout: AtlasLayout,
-                  topo: FaceTopology, folder: Path, progress: Progress) -> Unwrapped:
+                  topo: FaceTopology, folder: Path, progress: Progress, *, workers: int = 1) -> Unwrapped:
     """6. Decode the video again and unwrap each usable frame into the atlas (``folder``'s
-    ``atlas.npy`` and ``atlas_mask.npy``)."""
+    ``atlas.npy`` and ``atlas_mask.npy``), on ``workers`` threads (0: one per core)."""
     size = layout.sampler.size
     atlas = np.lib.format.open_memmap(folder / "atlas.npy", mode="w+", dtype=np.uint8, shape=(frames, size, size, 3))
     masks = np.lib.format.open_memmap(folder / "atlas_mask.npy", mode="w+", dtype=bool, shape=(frames, size, size))
     preview_idx = spread(np.flatnonzero(valid), PREVIEW_FRAMES)
     keep = set(preview_idx.tolist()) | {pose.reference_frame}
-    kept_frames, kept_raw = {}, {}
-    for i, frame in enumerate(FrameReader(info, max_frames=frames)):
-        if valid[i]:
-            atlas[i], masks[i] = extract_atlas(frame, pose.landmarks[i], float(pose.pose.scale[i]), layout.sampler,
-                                               topo.faces)
-        if i in keep:
-            kept_frames[i] = frame.copy()
-            kept_raw[i] = np.array(atlas[i])
-        if i % 25 == 0:
-            progress("atlas", i + 1, frames)
+    kept_frames = {}
+
+    def unwrap(i: int, frame: np.ndarray) -> None:
+        atlas[i], masks[i] = extract_atlas(frame, pose.landmarks[i], float(pose.pose.scale[i]), layout.sampler,
+                                           topo.faces)
+
+    with BoundedPool(workers, name="atlas") as pool:
+        for i, frame in enumerate(FrameReader(info, max_frames=frames)):
+            if valid[i]:
+                pool.submit(unwrap, i, frame)  # each decoded frame is a new buffer: safe to hand over
+            if i in keep:
+                kept_frames[i] = frame.copy()
+            if i % 25 == 0:
+                progress("atlas", i + 1, frames)
+    kept_raw = {i: np.array(atlas[i]) for i in kept_frames}
     progress("atlas", frames, frames)
     return Unwrapped(atlas=atlas, masks=masks, preview_idx=preview_idx, kept_frames=kept_frames, kept_raw=kept_raw)
 

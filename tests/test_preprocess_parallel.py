@@ -1,0 +1,144 @@
+"""The per-frame stages of preprocessing on several threads: the same prepared clip as on one
+thread, bounded work in flight, and failures that still leave nothing behind."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ffmpeg, leftovers
+from lipsync.prepared import MANIFEST, open_prepared
+from lipsync.workers import BoundedPool, resolve_workers
+
+# manifest entries that say how the run went rather than what it produced
+RUN_KEYS = {"timings_s", "cpu_s", "frames_per_second", "workers", "source"}
+
+
+def assert_same_clip(a, b) -> None:
+    names = sorted(p.name for p in a.glob("*.npy"))
+    assert names == sorted(p.name for p in b.glob("*.npy")) and len(names) > 15
+    for name in names:
+        x, y = np.load(a / name), np.load(b / name)
+        assert x.dtype == y.dtype and x.shape == y.shape, name
+        assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), f"{name} differs between one and several threads"
+    ma, mb = (json.loads((d / MANIFEST).read_text()) for d in (a, b))
+    differ = sorted(k for k in set(ma) | set(mb) if k not in RUN_KEYS and ma.get(k) != mb.get(k))
+    assert not differ, f"manifest entries differ: {differ}"
+    assert (a / "audio.wav").read_bytes() == (b / "audio.wav").read_bytes()
+
+
+def test_threads_give_the_same_prepared_clip(tmp_path, grid_clip, prepared_grid):
+    """The session's clip was made with one thread per core; one thread must give the same arrays.
+    Small lighting chunks on three threads finish out of order, which must not matter either (the
+    chunk size itself may change the last bit of the lighting fit: batched matrix products)."""
+    from lipsync.preprocessing import PreprocessOptions, preprocess
+
+    one = preprocess(grid_clip, tmp_path / "one", options=PreprocessOptions(keep_raw_atlas=True, workers=1))
+    assert_same_clip(one, prepared_grid.path)
+    small = [preprocess(grid_clip, tmp_path / f"chunks{w}", options=PreprocessOptions(workers=w, chunk=7, previews=False))
+             for w in (1, 3)]
+    assert_same_clip(*small)
+    m = json.loads((small[1] / MANIFEST).read_text())
+    assert m["workers"] == 3 and set(m["cpu_s"]) >= {"track", "atlas", "lighting"}
+    assert m["cpu_s"]["track"]["decoder"] > 0  # ffmpeg's decoding is counted, not hidden
+
+
+def test_a_gap_and_a_cut_inside_chunks_give_the_same_clip(tmp_path, grid_clip):
+    """Grey frames (a tracking gap) across a chunk boundary and a shot cut inside a chunk."""
+    from lipsync.preprocessing import PreprocessOptions, preprocess
+
+    video = tmp_path / "edited.mp4"
+    ffmpeg("-i", str(grid_clip), "-vf",
+           "drawbox=x=0:y=0:w=iw:h=ih:color=gray:t=fill:enable='between(n,20,24)',"
+           "crop=320:288:x='if(gte(n,50),40,0)':y=0",
+           "-c:v", "libx264", "-crf", "16", "-c:a", "aac", str(video))
+    outs = [preprocess(video, tmp_path / f"w{w}", options=PreprocessOptions(workers=w, chunk=22, previews=False))
+            for w in (1, 2)]  # chunks 0-21, 22-43, 44-65: the gap spans 22, the cut at 50 is inside one
+    clip = open_prepared(outs[1])
+    assert clip.manifest["cuts"] == [50] and not np.array(clip.array("valid"))[20:25].any()
+    assert_same_clip(*outs)
+
+
+def test_a_failing_frame_on_a_worker_thread_leaves_nothing_behind(tmp_path, grid_clip, monkeypatch):
+    from lipsync.preprocessing import PreprocessOptions, preprocess
+    import lipsync.preprocessing.unwrap as unwrap
+
+    real = unwrap.extract_atlas
+    calls = []
+
+    def breaks_on_the_30th(*args, **kwargs):
+        calls.append(threading.current_thread().name)
+        if len(calls) == 30:
+            raise RuntimeError("simulated failure in a worker")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(unwrap, "extract_atlas", breaks_on_the_30th)
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        preprocess(grid_clip, tmp_path / "out" / "clip", options=PreprocessOptions(workers=2, previews=False))
+    assert any(name.startswith("atlas") for name in calls)  # it did run on the pool's threads
+    assert leftovers(tmp_path) == []
+    # and the next run succeeds
+    monkeypatch.setattr(unwrap, "extract_atlas", real)
+    out = preprocess(grid_clip, tmp_path / "out" / "clip", options=PreprocessOptions(workers=2, previews=False))
+    assert (out / MANIFEST).is_file()
+
+
+def test_pool_runs_inline_with_one_worker_and_bounds_the_work_in_flight():
+    seen = []
+    with BoundedPool(1) as pool:
+        pool.submit(lambda: seen.append(threading.current_thread()))
+        assert seen == [threading.current_thread()]  # already ran, in the caller's thread
+
+    lock, running, most = threading.Lock(), [0], [0]
+    started = []
+
+    def job(i):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        started.append(i)
+        time.sleep(0.01)
+        with lock:
+            running[0] -= 1
+
+    with BoundedPool(2) as pool:
+        for i in range(20):
+            pool.submit(job, i)
+            assert i + 1 - len(started) <= 2 * 2 + 1  # the producer never runs far ahead
+    assert sorted(started) == list(range(20)) and most[0] == 2
+
+
+def test_pool_raises_the_first_failure_and_cancels_the_rest():
+    ran = []
+
+    def job(i):
+        if i == 3:
+            raise ValueError("job 3 failed")
+        time.sleep(0.02)
+        ran.append(i)
+
+    with pytest.raises(ValueError, match="job 3 failed"):
+        with BoundedPool(2) as pool:
+            for i in range(50):
+                pool.submit(job, i)
+    assert len(ran) < 20  # the queue was not worked off after the failure
+
+
+def test_pool_restores_the_libraries_thread_counts():
+    import cv2
+    from threadpoolctl import threadpool_info
+
+    before = cv2.getNumThreads(), [i["num_threads"] for i in threadpool_info()]
+    with BoundedPool(2):
+        assert cv2.getNumThreads() == 1
+        assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
+    assert (cv2.getNumThreads(), [i["num_threads"] for i in threadpool_info()]) == before
+
+
+def test_zero_workers_means_one_per_core():
+    import os
+
+    assert resolve_workers(0) == len(os.sched_getaffinity(0)) and resolve_workers(3) == 3
