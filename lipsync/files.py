@@ -167,3 +167,85 @@ def _remove_empty_dirs(folder: Path, *, stop: Path) -> None:
         if p == stop or not p.is_dir() or any(p.iterdir()):
             break
         p.rmdir()
+
+
+# ---------------------------------------------------------------------------------------------
+# frame arrays on disk
+
+class FrameArray:
+    """A (T, ...) array in an ``.npy`` file, written and read a few frames at a time.
+
+    Frames are written with positioned writes and read through short-lived memory maps, so the
+    process's memory does not grow with T: one long-lived map of the whole file would keep every
+    page it ever touched resident (gigabytes for a long video's atlases). Different threads may
+    write different frames at once.
+
+    ``a[i] = frame`` writes frame ``i``; ``a[start:stop]`` is a writable memory map of those frames
+    (changes go to the file; the map is released when dropped); ``a[i]`` and ``a[index_array]``
+    are copies.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, dtype=None, shape: tuple | None = None):
+        import numpy as np
+
+        self.path = Path(path)
+        if shape is not None:  # create the file: header and (sparse) space for every frame
+            np.lib.format.open_memmap(self.path, mode="w+", dtype=dtype, shape=tuple(shape))._mmap.close()
+        probe = np.load(self.path, mmap_mode="r")
+        self.shape, self.dtype, self.offset = probe.shape, probe.dtype, probe.offset
+        probe._mmap.close()
+        self.frame_shape = self.shape[1:]
+        self.frame_bytes = int(np.prod(self.frame_shape, dtype=np.int64)) * self.dtype.itemsize
+        self._fd = os.open(self.path, os.O_RDWR)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _window(self, start: int, stop: int):
+        import numpy as np
+
+        return np.memmap(self.path, dtype=self.dtype, mode="r+", offset=self.offset + start * self.frame_bytes,
+                         shape=(stop - start, *self.frame_shape))
+
+    def __getitem__(self, key):
+        import numpy as np
+
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step != 1:
+                raise IndexError("FrameArray slices must be contiguous")
+            return self._window(start, max(start, stop))
+        if isinstance(key, (int, np.integer)):
+            return self._read(int(key))
+        return np.stack([self._read(int(i)) for i in np.asarray(key).reshape(-1)]).reshape(
+            (*np.shape(key), *self.frame_shape))
+
+    def _read(self, i: int):
+        import numpy as np
+
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"frame {i} of {len(self)}")
+        i %= len(self)
+        data = os.pread(self._fd, self.frame_bytes, self.offset + i * self.frame_bytes)
+        return np.frombuffer(data, self.dtype).reshape(self.frame_shape).copy()
+
+    def __setitem__(self, i, value) -> None:
+        import numpy as np
+
+        if not isinstance(i, (int, np.integer)):
+            raise IndexError("FrameArray writes one frame at a time")
+        if not 0 <= i < len(self):
+            raise IndexError(f"frame {i} of {len(self)}")
+        frame = np.ascontiguousarray(np.broadcast_to(np.asarray(value, self.dtype), self.frame_shape))
+        data, at = memoryview(frame).cast("B"), self.offset + int(i) * self.frame_bytes
+        while len(data):
+            written = os.pwrite(self._fd, data, at)
+            data, at = data[written:], at + written
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self):
+        self.close()

@@ -142,3 +142,69 @@ def test_zero_workers_means_one_per_core():
     import os
 
     assert resolve_workers(0) == len(os.sched_getaffinity(0)) and resolve_workers(3) == 3
+
+
+def test_frame_array_round_trips_frames_written_from_several_threads(tmp_path):
+    from lipsync.files import FrameArray
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 255, (40, 6, 5, 3), dtype=np.uint8)
+    arr = FrameArray(tmp_path / "a.npy", dtype=np.uint8, shape=truth.shape)
+    with BoundedPool(3) as pool:
+        for i in rng.permutation(len(truth)):
+            pool.submit(arr.__setitem__, int(i), truth[i])
+    assert len(arr) == 40 and np.array_equal(np.load(tmp_path / "a.npy"), truth)
+    assert np.array_equal(arr[7], truth[7]) and np.array_equal(arr[[3, 1, 3]], truth[[3, 1, 3]])
+    window = arr[10:20]  # a writable map of those frames only
+    window[:] //= 2
+    del window
+    truth[10:20] //= 2
+    arr[39] = 0  # broadcast to the whole frame
+    truth[39] = 0
+    assert np.array_equal(np.load(tmp_path / "a.npy"), truth)
+    assert arr[35:60].shape == (5, 6, 5, 3)  # clipped like any slice
+    with pytest.raises(IndexError):
+        arr[40] = truth[0]
+    with pytest.raises(IndexError):
+        arr[0:10:2]
+    arr.close()
+    masks = FrameArray(tmp_path / "m.npy", dtype=bool, shape=(3, 4, 4))
+    masks[1] = np.eye(4, dtype=bool)
+    assert np.array_equal(FrameArray(tmp_path / "m.npy")[1], np.eye(4, dtype=bool))  # reopened from the file
+
+
+def test_one_face_tracking_equals_the_two_face_tracker(tmp_path, grid_clip):
+    """The fast tracker (one-face FaceMesh plus a detector on another thread) gives exactly what
+    the two-face tracker gives: on one person, and on a clip where a second face appears at frame
+    40 (then it tracks the clip again with the two-face tracker)."""
+    from lipsync.media import FrameReader, probe
+    from lipsync.tracking import MediaPipeTracker, track_frames, track_one_face
+
+    enters = tmp_path / "enters.mp4"
+    ffmpeg("-i", str(grid_clip), "-i", str(grid_clip), "-filter_complex",
+           "[1:v]scale=160:128[s];[0:v][s]overlay=x='if(gte(n,40),200,-300)':y=160",
+           "-c:v", "libx264", "-crf", "18", "-an", str(enters))
+    for video, most in ((grid_clip, 1), (enters, 2)):
+        info = probe(video)
+        with MediaPipeTracker(max_faces=2) as two:
+            want = track_frames(FrameReader(info), fps=info.fps, width=info.width, height=info.height, tracker=two)
+        rereads = []
+
+        def again():
+            rereads.append(1)
+            return FrameReader(info)
+
+        got = track_one_face(FrameReader(info), fps=info.fps, width=info.width, height=info.height, retrack=again)
+        assert np.array_equal(got.landmarks, want.landmarks, equal_nan=True)
+        assert np.array_equal(got.faces_seen, want.faces_seen) and got.faces_seen.max() == most
+        assert len(rereads) == (most - 1)  # the second face made it track again, one face did not
+
+
+def test_another_face_is_a_second_detection_or_one_away_from_the_followed_face():
+    from lipsync.tracking import another_face
+
+    face = np.array([[100, 100, 0], [200, 100, 0], [150, 220, 0]], np.float32)  # box 100-200 x 100-220
+    on_it, beside = np.array([110, 110, 190, 200.0]), np.array([300, 110, 380, 200.0])
+    assert not another_face([], face) and not another_face([on_it], face)
+    assert another_face([beside], face) and another_face([on_it, beside], face)
+    assert not another_face([beside], None)  # nothing followed: the tracker itself detects

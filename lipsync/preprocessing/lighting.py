@@ -59,7 +59,7 @@ class NormalizedLighting:
 def normalize_lighting(unwrapped: Unwrapped, pose: NormalizedPose, valid: np.ndarray, layout: AtlasLayout,
                        mirror: np.ndarray, folder: Path, options: PreprocessOptions,
                        progress: Progress) -> NormalizedLighting:
-    """7. Normalize the lighting of every atlas in place (``folder``'s memory-mapped ``atlas.npy``).
+    """7. Normalize the lighting of every atlas in place (``folder``'s ``atlas.npy``, a chunk at a time).
 
     With ``keep_raw_atlas`` the atlases are first copied to ``atlas_raw.npy``. Outlier frames are
     zeroed in the atlas; the caller removes them from ``valid`` and the per-frame geometry.
@@ -67,11 +67,10 @@ def normalize_lighting(unwrapped: Unwrapped, pose: NormalizedPose, valid: np.nda
     atlas, masks = unwrapped.atlas, unwrapped.masks
     n, size = len(atlas), layout.sampler.size
     if options.keep_raw_atlas:
-        atlas.flush()
         shutil.copyfile(folder / "atlas.npy", folder / "atlas_raw.npy")
     # 1. the reference atlas: median of the candidates, then its left/right lighting removed
     cand = np.asarray(pose.candidates)
-    cand_masks = np.asarray(masks[cand])
+    cand_masks = masks[cand]
     ref_raw = masked_median(atlas[cand], cand_masks)
     ref_valid = cand_masks.mean(0) >= 0.5
     ref_raw = np.where(ref_valid[..., None], np.nan_to_num(ref_raw), 0.0)
@@ -92,6 +91,7 @@ def normalize_lighting(unwrapped: Unwrapped, pose: NormalizedPose, valid: np.nda
     ref_skin = ref_log.reshape(-1, 3)[covered][skin_cov]
     t_terms = poly_terms(options.lighting_degree)
     basis_cov_t = np.ascontiguousarray(poly_basis(gu.ravel()[covered], gv.ravel()[covered], t_terms).T)  # (K, N)
+    texel = np.dtype("V3")  # one texel's three colour bytes
 
     def normalize_chunk(sl: slice, coef: np.ndarray) -> None:
         ok = np.isfinite(coef).all(axis=(1, 2))
@@ -103,22 +103,25 @@ def normalize_lighting(unwrapped: Unwrapped, pose: NormalizedPose, valid: np.nda
         progress("lighting", done.add(sl.stop - sl.start), n)
 
     def normalize_frames(sl: slice, coef: np.ndarray, ok: np.ndarray) -> None:
-        a, m = atlas[sl], masks[sl]  # views into the memory-mapped output, normalized in place
+        a, m = atlas[sl], masks[sl]  # memory maps of these frames of the output, normalized in place
         b = len(a)
-        # texels outside ``covered`` are already zero and masked out by extract_atlas
-        a_flat, m_flat = a.reshape(b, -1, 3), m.reshape(b, -1)
+        # texels outside ``covered`` are already zero and masked out by extract_atlas; each texel's
+        # three bytes move as one item (``texel``), much faster than a (B, N, 3) fancy index
+        a_texels, m_flat = a.reshape(b, -1, 3).view(texel)[..., 0], m.reshape(b, -1)
         m_cov = m_flat[:, covered] & ok[:, None]
         # log-gain of every covered texel: (B*3, K) @ (K, N) -> (B, 3, N)
         fld = (np.nan_to_num(coef).reshape(b * 3, -1) @ basis_cov_t).reshape(b, 3, -1)
-        a_cov = a_flat[:, covered]
+        a_cov = np.take(a_texels, covered, axis=1).view(np.uint8).reshape(b, -1, 3)
         stats.add(np.arange(sl.start, sl.stop)[ok], a_cov[ok][:, skin_cov], m_cov[ok][:, skin_cov],
                   fld[ok][:, :, skin_cov].transpose(0, 2, 1), ref_skin)
         np.negative(fld, out=fld)
-        normed = a_cov * np.exp(fld, out=fld).transpose(0, 2, 1)  # exp on the contiguous layout: fast
+        np.exp(fld, out=fld)  # on the contiguous layout: fast
+        fld *= m_cov[:, None, :]  # texels not seen become 0.5 below, so 0
+        normed = np.ascontiguousarray(fld.transpose(0, 2, 1))  # (B, N, 3) gains
+        np.multiply(a_cov, normed, out=normed)
         normed += 0.5
         normed = np.clip(normed, 0, 255, out=normed).astype(np.uint8)
-        normed *= m_cov[..., None]
-        a_flat[:, covered] = normed
+        a_texels[:, covered] = normed.view(texel)[..., 0]
         m_flat[:, covered] = m_cov
 
     done = Counter()  # frames normalized so far (chunks finish in any order on several threads)
@@ -129,8 +132,6 @@ def normalize_lighting(unwrapped: Unwrapped, pose: NormalizedPose, valid: np.nda
     for t in np.flatnonzero(outliers):
         atlas[t], masks[t] = 0, False
     gains[outliers] = np.nan
-    atlas.flush()
-    masks.flush()
     sym_before, sym_after = asymmetry(to_log(ref_raw), ref_log, skin, mirror_xy)
     params = LightingParams(spatial_terms=s_terms, spatial=s_coef, temporal_terms=t_terms, gains=gains)
     return NormalizedLighting(params=params, reference_atlas=ref_norm, skin=skin, outliers=outliers, stats=stats,

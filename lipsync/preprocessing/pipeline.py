@@ -100,7 +100,8 @@ def preprocess(video: str | Path, out: str | Path, *, options: PreprocessOptions
         with timer.stage("audio"):
             speech = prepare_audio(info, n, mouth, clean.valid, clean.cuts, options, tmp)  # 8
         with timer.stage("write"):
-            del unwrapped.atlas, unwrapped.masks  # close the memory maps before the arrays are listed
+            unwrapped.atlas.close()
+            unwrapped.masks.close()
             arrays = write_arrays(tmp, frames=n, size=options.atlas_size, track=track, clean=clean, pose=pose,
                                   layout=layout, lighting=lighting, mouth=mouth, topo=topo,
                                   keep_raw_atlas=options.keep_raw_atlas)                # 9

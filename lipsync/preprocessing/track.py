@@ -10,7 +10,7 @@ from ..common import LipsyncError, Progress
 from ..media import FrameReader, VideoInfo, extract_aligned_audio, probe
 from ..temporal import detect_cuts, fill_gaps
 from ..topology import FaceTopology
-from ..tracking import FaceTrack, MediaPipeTracker, track_frames
+from ..tracking import FaceTrack, track_frames, track_one_face
 from .options import PreprocessOptions
 
 
@@ -26,21 +26,24 @@ def probe_video(video, options: PreprocessOptions) -> VideoInfo:
 
 
 def track_video(info: VideoInfo, options: PreprocessOptions, progress: Progress, tracker_factory=None) -> FaceTrack:
-    """2. Decode every frame and track one face (MediaPipe FaceMesh in tracking mode by default);
-    refuses truncated videos and videos without a face."""
-    reader = FrameReader(info)
+    """2. Decode every frame and track one face (MediaPipe FaceMesh in tracking mode by default,
+    ``tracking.track_one_face``); refuses truncated videos and videos without a face."""
     total = max(info.frames, 1)
 
     def on_frame(i, frame, pts):
         if i % 25 == 0:
             progress("track", min(i + 1, total), total)
 
-    tracker = tracker_factory() if tracker_factory else MediaPipeTracker()
-    try:
-        track = track_frames(reader, fps=info.fps, width=info.width, height=info.height, tracker=tracker,
-                             on_frame=on_frame)
-    finally:
-        tracker.close()
+    if tracker_factory is None:
+        track = track_one_face(FrameReader(info), fps=info.fps, width=info.width, height=info.height,
+                               on_frame=on_frame, retrack=lambda: FrameReader(info))
+    else:
+        tracker = tracker_factory()
+        try:
+            track = track_frames(FrameReader(info), fps=info.fps, width=info.width, height=info.height,
+                                 tracker=tracker, on_frame=on_frame)
+        finally:
+            tracker.close()
     progress("track", total, total)
     n = len(track)
     if n < 2:

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..atlas import AtlasSampler, build_sampler, extract_atlas, region_masks
 from ..common import Progress
+from ..files import FrameArray
 from ..media import FrameReader, VideoInfo
 from ..topology import FaceTopology
 from ..uvmap import UVLayout, build_uv_layout
@@ -42,13 +43,13 @@ def build_layout(pose: NormalizedPose, topo: FaceTopology, options: PreprocessOp
 @dataclass
 class Unwrapped:
     """Members:
-        atlas: uint8 (T, S, S, 3); memory-mapped ``atlas.npy`` of the output folder (0 where unusable).
-        masks: bool (T, S, S); memory-mapped ``atlas_mask.npy``: texel seen in this frame.
+        atlas: uint8 (T, S, S, 3); ``atlas.npy`` of the output folder, on disk (0 where unusable).
+        masks: bool (T, S, S); ``atlas_mask.npy`` on disk: texel seen in this frame.
         preview_idx: int (P,); frames chosen for the previews.
         kept_frames, kept_raw: frame index -> the video frame and its raw atlas (previews, reference frame).
     """
-    atlas: np.ndarray
-    masks: np.ndarray
+    atlas: FrameArray
+    masks: FrameArray
     preview_idx: np.ndarray
     kept_frames: dict
     kept_raw: dict
@@ -59,8 +60,8 @@ def unwrap_frames(info: VideoInfo, frames: int, pose: NormalizedPose, valid: np.
     """6. Decode the video again and unwrap each usable frame into the atlas (``folder``'s
     ``atlas.npy`` and ``atlas_mask.npy``), on ``workers`` threads (0: one per core)."""
     size = layout.sampler.size
-    atlas = np.lib.format.open_memmap(folder / "atlas.npy", mode="w+", dtype=np.uint8, shape=(frames, size, size, 3))
-    masks = np.lib.format.open_memmap(folder / "atlas_mask.npy", mode="w+", dtype=bool, shape=(frames, size, size))
+    atlas = FrameArray(folder / "atlas.npy", dtype=np.uint8, shape=(frames, size, size, 3))
+    masks = FrameArray(folder / "atlas_mask.npy", dtype=bool, shape=(frames, size, size))
     preview_idx = spread(np.flatnonzero(valid), PREVIEW_FRAMES)
     keep = set(preview_idx.tolist()) | {pose.reference_frame}
     kept_frames = {}
@@ -77,7 +78,7 @@ def unwrap_frames(info: VideoInfo, frames: int, pose: NormalizedPose, valid: np.
                 kept_frames[i] = frame.copy()
             if i % 25 == 0:
                 progress("atlas", i + 1, frames)
-    kept_raw = {i: np.array(atlas[i]) for i in kept_frames}
+    kept_raw = {i: atlas[i] for i in kept_frames}
     progress("atlas", frames, frames)
     return Unwrapped(atlas=atlas, masks=masks, preview_idx=preview_idx, kept_frames=kept_frames, kept_raw=kept_raw)
 
