@@ -1,6 +1,6 @@
 """Performance benchmarks.
 
-    python -m eval.bench preprocess VIDEO
+    python -m eval.bench preprocess VIDEO [--repeat N]
     python -m eval.bench train PREPARED_DIR [--preset quick]
     python -m eval.bench synthesize --model MODEL_DIR --audio FILE [--target VIDEO]
 
@@ -30,14 +30,36 @@ def _peak_mib() -> dict:
     return {"process_mib": round(self_kib / 1024, 1), "children_mib": round(child_kib / 1024, 1)}
 
 
+def repeated_video(video: str, times: int, folder: Path) -> Path:
+    """``video`` played ``times`` times in a row (stream copy, so quick): a long input for memory
+    and throughput figures. Each join is a cut back to the first frame."""
+    import subprocess
+
+    from lipsync.common import LipsyncError, path_arg
+
+    listing = folder / "repeat.txt"
+    quoted = path_arg(video).replace("'", "'\\''")
+    listing.write_text("".join(f"file '{quoted}'\n" for _ in range(times)))
+    out = folder / f"repeated{Path(video).suffix or '.mp4'}"
+    proc = subprocess.run([shutil.which("ffmpeg") or "ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "concat",
+                           "-safe", "0", "-i", path_arg(listing), "-c", "copy", path_arg(out)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise LipsyncError(f"{video} could not be repeated {times} times ({proc.stderr.strip() or 'ffmpeg failed'}).")
+    return out
+
+
 def bench_preprocess(video: str, *, atlas_size: int = 256, previews: bool = True, keep: str | None = None,
-                     workers: int = 0) -> dict:
+                     workers: int = 0, repeat: int = 1) -> dict:
     from lipsync.preprocessing import PreprocessOptions, preprocess
     from lipsync.prepared import open_prepared
 
     work = Path(tempfile.mkdtemp(prefix="lipsync-bench-"))
     out = Path(keep) if keep else work / "prepared"
+    source = video
     try:
+        if repeat > 1:
+            video = str(repeated_video(video, repeat, work))
         t0 = time.perf_counter()
         preprocess(video, out, options=PreprocessOptions(atlas_size=atlas_size, previews=previews, workers=workers),
                    overwrite=True)
@@ -52,7 +74,7 @@ def bench_preprocess(video: str, *, atlas_size: int = 256, previews: bool = True
     return {
         "benchmark": "preprocess",
         "workers": m.workers,
-        "video": str(video),
+        "video": str(source) + (f" x{repeat}" if repeat > 1 else ""),
         "frames": n,
         "resolution": f"{m.width}x{m.height}",
         "fps_source": m.fps,
@@ -182,6 +204,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--keep", help="keep the prepared clip in this folder")
     p.add_argument("--workers", type=int, default=0, help="threads of the per-frame stages (0: one per core)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="time the video played this many times in a row (a long input, e.g. 60 x 20 s = 20 minutes)")
     p = sub.add_parser("train", help="time `lipsync train` on a prepared clip",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("prepared")
@@ -207,7 +231,7 @@ def main(argv=None) -> int:
     try:
         if args.what == "preprocess":
             result = bench_preprocess(args.video, atlas_size=args.atlas_size, previews=not args.no_previews,
-                                      keep=args.keep, workers=args.workers)
+                                      keep=args.keep, workers=args.workers, repeat=max(1, args.repeat))
             _print_preprocess(result)
         elif args.what == "train":
             result = bench_train(args.prepared, preset=args.preset, keep=args.keep, device=args.device)

@@ -180,15 +180,16 @@ class FrameArray:
     page it ever touched resident (gigabytes for a long video's atlases). Different threads may
     write different frames at once.
 
-    ``a[i] = frame`` writes frame ``i``; ``a[start:stop]`` is a writable memory map of those frames
-    (changes go to the file; the map is released when dropped); ``a[i]`` and ``a[index_array]``
-    are copies.
+    ``a[i] = frame`` writes frame ``i``; ``a[start:stop]`` is a memory map of those frames (writable
+    unless opened with ``writable=False``; changes go to the file; the map is released when
+    dropped); ``a[i]`` and ``a[index_array]`` are copies.
     """
 
-    def __init__(self, path: str | os.PathLike, *, dtype=None, shape: tuple | None = None):
+    def __init__(self, path: str | os.PathLike, *, dtype=None, shape: tuple | None = None, writable: bool = True):
         import numpy as np
 
         self.path = Path(path)
+        self.writable = writable or shape is not None
         if shape is not None:  # create the file: header and (sparse) space for every frame
             np.lib.format.open_memmap(self.path, mode="w+", dtype=dtype, shape=tuple(shape))._mmap.close()
         probe = np.load(self.path, mmap_mode="r")
@@ -196,7 +197,7 @@ class FrameArray:
         probe._mmap.close()
         self.frame_shape = self.shape[1:]
         self.frame_bytes = int(np.prod(self.frame_shape, dtype=np.int64)) * self.dtype.itemsize
-        self._fd = os.open(self.path, os.O_RDWR)
+        self._fd = os.open(self.path, os.O_RDWR if self.writable else os.O_RDONLY)
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -204,7 +205,7 @@ class FrameArray:
     def _window(self, start: int, stop: int):
         import numpy as np
 
-        return np.memmap(self.path, dtype=self.dtype, mode="r+", offset=self.offset + start * self.frame_bytes,
+        return np.memmap(self.path, dtype=self.dtype, mode="r+" if self.writable else "r", offset=self.offset + start * self.frame_bytes,
                          shape=(stop - start, *self.frame_shape))
 
     def __getitem__(self, key):
@@ -234,6 +235,8 @@ class FrameArray:
 
         if not isinstance(i, (int, np.integer)):
             raise IndexError("FrameArray writes one frame at a time")
+        if not self.writable:
+            raise PermissionError(f"{self.path} was opened read-only")
         if not 0 <= i < len(self):
             raise IndexError(f"frame {i} of {len(self)}")
         frame = np.ascontiguousarray(np.broadcast_to(np.asarray(value, self.dtype), self.frame_shape))

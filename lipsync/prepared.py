@@ -166,6 +166,16 @@ class PreparedClip:
             raise KeyError(f"{self.path} has no array {name!r}")
         return np.load(self.path / spec["file"], mmap_mode="r" if mmap else None)
 
+    def frames(self, name: str):
+        """A per-frame array (``atlas``, ``atlas_raw``, ``atlas_mask``) as a read-only
+        ``lipsync.files.FrameArray``: read a chunk at a time, so memory does not grow with the clip."""
+        from .files import FrameArray
+
+        spec = self.info.arrays.get(name)
+        if spec is None:
+            raise KeyError(f"{self.path} has no array {name!r}")
+        return FrameArray(self.path / spec["file"], writable=False)
+
     def regions(self) -> dict[str, np.ndarray]:
         """Region name (``REGION_NAMES``) -> bool (S, S) atlas mask."""
         masks = self.array("region_masks", mmap=False)

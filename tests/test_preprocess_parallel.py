@@ -208,3 +208,33 @@ def test_another_face_is_a_second_detection_or_one_away_from_the_followed_face()
     assert not another_face([], face) and not another_face([on_it], face)
     assert another_face([beside], face) and another_face([on_it, beside], face)
     assert not another_face([beside], None)  # nothing followed: the tracker itself detects
+
+
+def test_bench_reports_cpu_per_stage_on_a_repeated_video(grid_clip, capsys):
+    """``python -m eval.bench preprocess --repeat 2``: the clip twice in a row (a cut at the join),
+    with wall and CPU seconds per stage and the peak memory."""
+    from eval.bench import main
+
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "r.json"
+        assert main(["preprocess", str(grid_clip), "--repeat", "2", "--workers", "2", "--no-previews",
+                     "--json", str(out)]) == 0
+        r = json.loads(out.read_text())
+    assert r["frames"] == 150 and r["video"].endswith(" x2") and r["workers"] == 2
+    assert r["stages"]["track"]["cpu_s"] > 0 and r["stages"]["atlas"]["decoder_cpu_s"] > 0
+    assert r["peak_memory"]["process_mib"] > 0
+    printed = capsys.readouterr().out
+    assert "cores busy" in printed and "2 worker thread(s)" in printed
+
+
+def test_prepared_clip_frames_are_read_only_chunks(prepared_grid):
+    atlas = prepared_grid.frames("atlas_raw")
+    assert len(atlas) == prepared_grid.num_frames and not atlas.writable
+    assert np.array_equal(atlas[10:14], prepared_grid.array("atlas_raw")[10:14])
+    with pytest.raises(PermissionError):
+        atlas[0] = 0
+    with pytest.raises(KeyError):
+        prepared_grid.frames("no_such_array")

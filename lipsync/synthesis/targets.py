@@ -144,7 +144,7 @@ def target_for_speaker(speaker, target: str | Path | None, workdir: Path, progre
     # lighting of each target frame relative to the model's normalized reference
     skin = speaker.region("skin") & (speaker.reference_atlas.max(-1) > 0)
     valid = np.array(clip.array("valid"))
-    terms, gains = frame_gains(clip.array("atlas_raw"), clip.array("atlas_mask"), to_log(speaker.reference_atlas), skin,
+    terms, gains = frame_gains(clip.frames("atlas_raw"), clip.frames("atlas_mask"), to_log(speaker.reference_atlas), skin,
                                degree=opts.lighting_degree, valid=valid, chunk=opts.chunk, workers=opts.workers)
     return Target(source=video, fps=clip.fps, width=clip.info.width, height=clip.info.height, valid=valid,
                   pose_scale=pose_s, pose_rotation=pose_r.astype(np.float32), pose_translation=pose_t.astype(np.float32),
