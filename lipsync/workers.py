@@ -83,20 +83,38 @@ class BoundedPool:
         self.close(cancel=exc_type is not None)
 
 
+_LIMIT_LOCK = threading.Lock()
+_LIMIT_STATE: dict = {"users": 0, "restore": None}
+
+
 def _single_threaded_libraries() -> Callable[[], None]:
-    """Limit BLAS and OpenCV to one thread each; returns the function that restores them."""
-    import cv2
-    from threadpoolctl import threadpool_limits
+    """Limit BLAS and OpenCV to one thread each while any pool runs; returns the function that
+    releases this pool's hold (the last pool to finish restores the libraries' own settings, so
+    pools running at once in different threads cannot leave the limit behind)."""
+    with _LIMIT_LOCK:
+        if _LIMIT_STATE["users"] == 0:
+            import cv2
+            from threadpoolctl import threadpool_limits
 
-    cv_threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    limits = threadpool_limits(limits=1, user_api="blas")
+            cv_threads = cv2.getNumThreads()
+            cv2.setNumThreads(1)
+            limits = threadpool_limits(limits=1, user_api="blas")
 
-    def restore() -> None:
-        limits.restore_original_limits()
-        cv2.setNumThreads(cv_threads)
+            def restore() -> None:
+                limits.restore_original_limits()
+                cv2.setNumThreads(cv_threads)
 
-    return restore
+            _LIMIT_STATE["restore"] = restore
+        _LIMIT_STATE["users"] += 1
+
+    def release() -> None:
+        with _LIMIT_LOCK:
+            _LIMIT_STATE["users"] -= 1
+            if _LIMIT_STATE["users"] == 0:
+                _LIMIT_STATE["restore"]()
+                _LIMIT_STATE["restore"] = None
+
+    return release
 
 
 class Counter:

@@ -136,6 +136,12 @@ def test_pool_restores_the_libraries_thread_counts():
         assert cv2.getNumThreads() == 1
         assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
     assert (cv2.getNumThreads(), [i["num_threads"] for i in threadpool_info()]) == before
+    # two pools overlapping (two preprocessing runs in one process) restore them too
+    first, second = BoundedPool(2), BoundedPool(2)
+    first.close()
+    assert cv2.getNumThreads() == 1  # the second pool still runs
+    second.close()
+    assert (cv2.getNumThreads(), [i["num_threads"] for i in threadpool_info()]) == before
 
 
 def test_zero_workers_means_one_per_core():
