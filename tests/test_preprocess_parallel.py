@@ -244,3 +244,34 @@ def test_prepared_clip_frames_are_read_only_chunks(prepared_grid):
         atlas[0] = 0
     with pytest.raises(KeyError):
         prepared_grid.frames("no_such_array")
+
+
+def test_a_run_killed_during_the_threaded_stages_leaves_nothing_and_the_next_succeeds(tmp_path, grid_clip):
+    """SIGKILL `lipsync preprocess` (and its ffmpeg) once the atlas file exists, then run again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from eval.bench import repeated_video
+    from lipsync.preprocessing import PreprocessOptions, preprocess
+
+    video = repeated_video(str(grid_clip), 4, tmp_path)  # 300 frames: the atlas stage lasts a while
+    out = tmp_path / "work" / "clip"
+    proc = subprocess.Popen([sys.executable, "-m", "lipsync", "preprocess", str(video), "--out", str(out),
+                             "--workers", "2", "--quiet"], cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.parent.glob(".clip.partial-*/atlas.npy")):
+            assert proc.poll() is None, "preprocessing ended before it could be killed"
+            assert time.monotonic() < deadline, "the atlas stage never started"
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not out.exists()  # the folder only ever appears complete
+    again = preprocess(video, out, options=PreprocessOptions(previews=False))
+    assert (again / MANIFEST).is_file()
+    assert leftovers(out.parent) == ["clip"]  # the killed run's partial folder is gone
