@@ -36,12 +36,13 @@ def repeated_video(video: str, times: int, folder: Path) -> Path:
     import subprocess
 
     from lipsync.common import LipsyncError, path_arg
+    from lipsync.media import _tool
 
     listing = folder / "repeat.txt"
     quoted = path_arg(video).replace("'", "'\\''")
     listing.write_text("".join(f"file '{quoted}'\n" for _ in range(times)))
     out = folder / f"repeated{Path(video).suffix or '.mp4'}"
-    proc = subprocess.run([shutil.which("ffmpeg") or "ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "concat",
+    proc = subprocess.run([_tool("ffmpeg"), "-nostdin", "-v", "error", "-y", "-f", "concat",
                            "-safe", "0", "-i", path_arg(listing), "-c", "copy", path_arg(out)],
                           capture_output=True, text=True)
     if proc.returncode != 0:

@@ -178,8 +178,8 @@ def another_face(boxes: list[np.ndarray], followed: np.ndarray | None) -> bool:
     return not bool(np.all((centre >= lo) & (centre <= hi)))
 
 
-def track_one_face(frames: Iterable[np.ndarray], *, fps: float, width: int, height: int, on_frame=None,
-                   retrack=None) -> FaceTrack:
+def track_one_face(frames: Iterable[np.ndarray], *, fps: float, width: int, height: int, retrack,
+                   on_frame=None) -> FaceTrack:
     """``track_frames`` with the two-face tracker, faster on footage of one person (see the module).
 
     ``retrack()`` returns the frames again from the start; it is called only when a second face
@@ -232,7 +232,5 @@ def track_one_face(frames: Iterable[np.ndarray], *, fps: float, width: int, heig
         raise failure[0]
     if not seen.is_set():
         return track
-    if retrack is None:
-        raise RuntimeError("a second face was seen and the frames cannot be read again")
     with MediaPipeTracker(max_faces=2) as two:
         return track_frames(retrack(), fps=fps, width=width, height=height, tracker=two, on_frame=on_frame)
