@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import subprocess
 import threading
@@ -108,13 +109,17 @@ def probe(path: str | Path) -> VideoInfo:
 class FrameReader:
     """Iterate over a video's frames as RGB uint8 (H, W, 3), decoded by an ffmpeg subprocess.
 
-    Decoding runs in ffmpeg's own process; a reader thread collects its error output so that a
-    corrupt stream can be reported after the frames run out (``errors``).
+    Decoding runs in ffmpeg's own process, up to ``ahead`` frames ahead of the consumer: a reader
+    thread moves each frame from the pipe into its own array (without it, ffmpeg could run only
+    one pipe buffer ahead and would decode while the consumer waits). Every frame is a new array,
+    safe to hand to another thread. A thread collects ffmpeg's error output so that a corrupt
+    stream can be reported after the frames run out (``errors``).
     """
 
-    def __init__(self, info: VideoInfo, *, max_frames: int | None = None):
+    def __init__(self, info: VideoInfo, *, max_frames: int | None = None, ahead: int = 4):
         self.info = info
         self.max_frames = max_frames
+        self.ahead = max(1, int(ahead))
         self.errors: list[str] = []
         self.frames_read = 0
 
@@ -122,21 +127,49 @@ class FrameReader:
         w, h = self.info.width, self.info.height
         cmd = [_tool("ffmpeg"), "-nostdin", "-v", "error", "-i", path_arg(self.info.path), "-map", "0:v:0",
                "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=w * h * 3 * 4)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+        _grow_pipe(proc.stdout, w * h * 3)
         err_thread = threading.Thread(target=self._drain, args=(proc.stderr,), daemon=True)
         err_thread.start()
-        size = w * h * 3
+        frames: queue.Queue = queue.Queue(maxsize=self.ahead)
+        stop = threading.Event()
+
+        def put(item) -> None:
+            while not stop.is_set():
+                try:
+                    frames.put(item, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+
+        def pump() -> None:
+            try:
+                count = 0
+                while not stop.is_set() and (self.max_frames is None or count < self.max_frames):
+                    frame = np.empty((h, w, 3), np.uint8)
+                    if not _read_exactly(proc.stdout, memoryview(frame).cast("B")):
+                        break
+                    count += 1
+                    put(frame)
+            except BaseException as err:  # noqa: BLE001 - re-raised in the consumer's thread
+                put(err)
+            finally:
+                put(None)
+
+        reader = threading.Thread(target=pump, name="frame-reader", daemon=True)
+        reader.start()
         try:
-            while self.max_frames is None or self.frames_read < self.max_frames:
-                buf = proc.stdout.read(size)
-                if len(buf) < size:
-                    break
+            while (item := frames.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
                 self.frames_read += 1
-                yield np.frombuffer(buf, np.uint8).reshape(h, w, 3)
+                yield item
         finally:
-            proc.stdout.close()
+            stop.set()
             if proc.poll() is None:
-                proc.kill()
+                proc.kill()  # the reader thread's read then ends at once
+            reader.join()
+            proc.stdout.close()
             proc.wait()
             err_thread.join(timeout=5)
             proc.stderr.close()
@@ -146,6 +179,28 @@ class FrameReader:
             text = line.decode("utf-8", "replace").strip()
             if text and len(self.errors) < 50:
                 self.errors.append(text)
+
+
+def _read_exactly(stream, into: memoryview) -> bool:
+    """Fill ``into`` from an unbuffered ``stream``; False if the stream ended first."""
+    done, size = 0, len(into)
+    while done < size:
+        got = stream.readinto(into[done:])
+        if not got:
+            return False
+        done += got
+    return True
+
+
+def _grow_pipe(stream, size: int) -> None:
+    """Let a pipe hold up to a frame (Linux; 1 MiB at most without privileges): fewer switches
+    between ffmpeg and the reader."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, min(size, 1 << 20))
+    except (ImportError, AttributeError, OSError):
+        pass
 
 
 def read_image(path: str | Path) -> np.ndarray:
