@@ -30,6 +30,9 @@ def mouth_opening(vertices: np.ndarray) -> np.ndarray:
         return gap / width
 
 
-def mouth_series(vertices: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """``mouth_opening`` of every frame, NaN in frames that are not ``valid`` (T,)."""
-    return np.where(valid, mouth_opening(np.nan_to_num(vertices)), np.nan)
+def mouth_series(vertices, valid: np.ndarray) -> np.ndarray:
+    """``mouth_opening`` of every frame, NaN in frames that are not ``valid`` (T,); ``vertices``
+    may be a ``FrameArray`` on disk (read a chunk at a time)."""
+    from .files import map_frames
+
+    return np.where(valid, map_frames(lambda v: mouth_opening(np.nan_to_num(v)), vertices), np.nan)

@@ -7,6 +7,10 @@
   place (an existing one is replaced only when ``overwrite`` and it is one of ours).
 - ``file_digest`` / ``content_key``: short stable hashes of a file's bytes and of settings, used
   as the names of cached models, renders and metrics (by eval, the demo and the rating studies).
+- ``FrameArray``: a (T, ...) array in an ``.npy`` file, read and written a few frames at a time;
+  ``frame_array``, ``read_frames``, ``map_frames``, ``read_columns``, ``write_columns`` and
+  ``column_groups`` work the same on it and on an in-memory array, so whole-clip computations
+  (gap filling, smoothing over time) run in bounded memory on long videos.
 """
 from __future__ import annotations
 
@@ -218,6 +222,9 @@ class FrameArray:
             return self._window(start, max(start, stop))
         if isinstance(key, (int, np.integer)):
             return self._read(int(key))
+        key = np.asarray(key)
+        if key.dtype == bool:
+            key = np.flatnonzero(key)
         return np.stack([self._read(int(i)) for i in np.asarray(key).reshape(-1)]).reshape(
             (*np.shape(key), *self.frame_shape))
 
@@ -245,6 +252,24 @@ class FrameArray:
             written = os.pwrite(self._fd, data, at)
             data, at = data[written:], at + written
 
+    def resize(self, frames: int) -> None:
+        """Change the number of frames in place: the header is rewritten (numpy leaves room in it
+        for a longer first dimension) and the file cut or extended with zeros."""
+        import io
+
+        import numpy as np
+
+        if not self.writable:
+            raise PermissionError(f"{self.path} was opened read-only")
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                      "fortran_order": False, "shape": (int(frames), *self.frame_shape)})
+        if len(header.getvalue()) != self.offset:
+            raise ValueError(f"{self.path}: a header for {frames} frames does not fit in place")
+        os.pwrite(self._fd, header.getvalue(), 0)
+        os.ftruncate(self._fd, self.offset + int(frames) * self.frame_bytes)
+        self.shape = (int(frames), *self.frame_shape)
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
@@ -252,3 +277,94 @@ class FrameArray:
 
     def __del__(self):
         self.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# frame-wise work on arrays in memory or on disk
+
+COLUMN_BUDGET = 16 << 20  # bytes of one column group's values (its temporaries take a few times more)
+WINDOW_BYTES = 8 << 20  # bytes of a FrameArray mapped at once while sweeping over it
+
+
+def frame_array(folder: Path | None, name: str, shape: tuple, dtype):
+    """A new (T, ...) array: ``folder/name`` on disk (a ``FrameArray``) when ``folder`` is given,
+    else in memory, filled with NaN (floats) or zeros."""
+    import numpy as np
+
+    if folder is not None:
+        return FrameArray(Path(folder) / name, dtype=dtype, shape=shape)
+    return np.full(shape, np.nan if np.issubdtype(np.dtype(dtype), np.floating) else 0, dtype)
+
+
+def frame_slices(frames: int, chunk: int) -> Iterator[slice]:
+    """``slice(start, stop)`` over ``frames`` frames, ``chunk`` at a time."""
+    for start in range(0, frames, max(1, int(chunk))):
+        yield slice(start, min(frames, start + chunk))
+
+
+def _window_frames(arr) -> int:
+    import numpy as np
+
+    per_frame = int(np.prod(arr.shape[1:], dtype=np.int64)) * np.dtype(arr.dtype).itemsize
+    return max(1, WINDOW_BYTES // max(1, per_frame))
+
+
+def read_frames(arr, key):
+    """``arr[key]`` as an array in memory (a copy for a ``FrameArray``)."""
+    import numpy as np
+
+    if isinstance(arr, FrameArray):
+        part = arr[key]
+        return np.array(part) if isinstance(key, slice) else part
+    return arr[key]
+
+
+def map_frames(fn, arr, *, chunk: int | None = None):
+    """``fn(arr[a:b])`` over consecutive chunks of frames, concatenated: the same as ``fn(arr)``
+    for any per-frame ``fn``, without holding the whole array in memory."""
+    import numpy as np
+
+    if not isinstance(arr, FrameArray):
+        return fn(arr)
+    parts = [fn(read_frames(arr, sl)) for sl in frame_slices(len(arr), chunk or _window_frames(arr))]
+    if not parts:
+        return fn(np.zeros((0, *arr.shape[1:]), arr.dtype))
+    if isinstance(parts[0], dict):
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return np.concatenate(parts)
+
+
+def column_groups(shape: tuple, itemsize: int = 4) -> list[slice]:
+    """Groups of axis 1 (vertices) of a (T, N, ...) array small enough that one group over every
+    frame fits in ``COLUMN_BUDGET`` bytes: whole-clip work per vertex group in bounded memory."""
+    import numpy as np
+
+    frames, n = int(shape[0]), int(shape[1])
+    per_column = max(1, frames * int(np.prod(shape[2:], dtype=np.int64)) * itemsize)
+    size = int(np.clip(COLUMN_BUDGET // per_column, 8, max(n, 1)))
+    return [slice(s, min(n, s + size)) for s in range(0, n, size)]
+
+
+def read_columns(arr, cols: slice):
+    """``arr[:, cols]`` in memory, read a window of frames at a time from a ``FrameArray``."""
+    import numpy as np
+
+    if not isinstance(arr, FrameArray):
+        return np.array(arr[:, cols])
+    out = np.empty((len(arr), len(range(*cols.indices(arr.shape[1]))), *arr.shape[2:]), arr.dtype)
+    for sl in frame_slices(len(arr), _window_frames(arr)):
+        window = arr[sl]
+        out[sl] = window[:, cols]
+        del window
+    return out
+
+
+def write_columns(arr, cols: slice, values) -> None:
+    """``arr[:, cols] = values``, written a window of frames at a time to a ``FrameArray``."""
+    if not isinstance(arr, FrameArray):
+        arr[:, cols] = values
+        return
+    for sl in frame_slices(len(arr), _window_frames(arr)):
+        window = arr[sl]
+        window[:, cols] = values[sl]
+        del window

@@ -28,13 +28,38 @@ class ShotSync:
     offset: float       # offset applied, seconds: the audio at t + offset belongs to frame time t
 
 
+BLOCK = 1 << 20  # samples squared and summed at once by ``envelope`` (bounded memory on long audio)
+
+
 def envelope(audio: np.ndarray) -> np.ndarray:
-    """Log RMS energy at 100 Hz: float32 (C,), column k centred on sample k * STEP."""
-    x = np.pad(np.asarray(audio, np.float32), (WIN // 2, WIN // 2))
-    n = 1 + max(0, (len(x) - WIN)) // STEP
-    c = np.concatenate([[0.0], np.cumsum(x.astype(np.float64) ** 2)])
+    """Log RMS energy at 100 Hz: float32 (C,), column k centred on sample k * STEP.
+
+    Window energies are differences of the running sum of squares (float64), accumulated a
+    block at a time with the running total carried over, so the sums are those of one pass."""
+    x = np.asarray(audio, np.float32)
+    half = WIN // 2
+    padded = len(x) + 2 * half  # the signal with half a window of silence at either end
+    n = 1 + max(0, (padded - WIN)) // STEP
     starts = np.arange(n) * STEP
-    energy = (c[starts + WIN] - c[starts]) / WIN
+    want = np.concatenate([starts, starts + WIN])  # running-sum positions needed, c[j] = sum of j squares
+    order = np.argsort(want, kind="stable")
+    ws = want[order]
+    at = np.empty(len(want))
+    total = 0.0
+    for b0 in range(0, padded, BLOCK):
+        b1 = min(padded, b0 + BLOCK)
+        seg = np.zeros(b1 - b0 + 1)
+        seg[0] = total
+        lo, hi = max(b0, half), min(b1, half + len(x))
+        if hi > lo:
+            seg[1 + lo - b0:1 + hi - b0] = x[lo - half:hi - half].astype(np.float64) ** 2
+        c = np.cumsum(seg)  # c[k] = running sum at position b0 + k
+        i0, i1 = np.searchsorted(ws, b0, "left"), np.searchsorted(ws, b1, "right")
+        at[order[i0:i1]] = c[ws[i0:i1] - b0]
+        total = c[-1]
+    if padded == 0:
+        at[:] = 0.0
+    energy = (at[n:] - at[:n]) / WIN
     return np.log(energy + 1e-8).astype(np.float32)
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.signal import savgol_filter
 
+from .files import frame_slices, read_frames
+
 
 def segments(mask: np.ndarray, breaks: np.ndarray | None = None) -> list[tuple[int, int]]:
     """Half-open ``[start, end)`` runs of True in a bool (T,) array.
@@ -27,7 +29,8 @@ def segments(mask: np.ndarray, breaks: np.ndarray | None = None) -> list[tuple[i
     return out
 
 
-def detect_cuts(landmarks: np.ndarray, points: np.ndarray, *, min_jump: float = 0.01, ratio: float = 4.0) -> np.ndarray:
+def detect_cuts(landmarks, points: np.ndarray, *, min_jump: float = 0.01, ratio: float = 4.0,
+                chunk: int = 1024) -> np.ndarray:
     """Shot cuts in edited footage: bool (T,), True where frame t starts a new shot.
 
     A cut is a one-frame jump of the ``points`` landmarks (median displacement over face width)
@@ -35,13 +38,19 @@ def detect_cuts(landmarks: np.ndarray, points: np.ndarray, *, min_jump: float = 
     it. Fast head motion moves the face over several frames and a tracking glitch jumps there and
     back (two spikes); neither is a cut. On the 3-minute GRID clip (59 cuts between 3-second
     clips) this finds 54 cuts with no false alarm; the 5 it misses join nearly identical poses.
+    ``landmarks`` (T, V, 3) may be a ``FrameArray`` on disk; it is read ``chunk`` frames at a time.
     """
-    lm = np.asarray(landmarks, np.float32)
-    cuts = np.zeros(len(lm), bool)
-    if len(lm) < 3:
+    n = len(landmarks)
+    cuts = np.zeros(n, bool)
+    if n < 3:
         return cuts
-    width = lm[:, :, 0].max(1) - lm[:, :, 0].min(1)
-    jump = np.median(np.linalg.norm(lm[1:, points, :2] - lm[:-1, points, :2], axis=-1), axis=1) / width[1:]
+    jump = np.empty(n - 1, np.float32)  # jump[t]: from frame t to t + 1
+    for sl in frame_slices(n, chunk):
+        start = max(sl.start - 1, 0)  # chunks overlap by a frame, so every pair is seen
+        lm = np.asarray(read_frames(landmarks, slice(start, sl.stop)), np.float32)
+        width = lm[:, :, 0].max(1) - lm[:, :, 0].min(1)
+        jump[start:sl.stop - 1] = np.median(np.linalg.norm(lm[1:, points, :2] - lm[:-1, points, :2], axis=-1),
+                                            axis=1) / width[1:]
     jump = np.nan_to_num(jump)  # untracked frames: no evidence
     before = np.concatenate([[0.0], jump[:-1]])
     after = np.concatenate([jump[1:], [0.0]])

@@ -23,9 +23,10 @@ from .topology import NUM_VERTICES
 @dataclass(frozen=True)
 class FaceTrack:
     """Members:
-        landmarks: float32 (T, V, 3) raw tracked landmarks; x, y in pixels (origin top-left, y
-            down), z in pixels (MediaPipe's relative depth scaled by the image width, larger =
-            farther). NaN where no face was tracked.
+        landmarks: float32 (T, V, 3) raw tracked landmarks, in memory or on disk (a
+            ``lipsync.files.FrameArray``); x, y in pixels (origin top-left, y down), z in pixels
+            (MediaPipe's relative depth scaled by the image width, larger = farther). NaN where no
+            face was tracked.
         tracked: bool (T,) True where the tracker returned a face.
         faces_seen: int16 (T,) number of faces the tracker saw in each frame.
         fps: frames per second of the source.
@@ -109,17 +110,21 @@ def choose_face(faces: list[np.ndarray], previous_box: np.ndarray | None) -> np.
 
 
 def track_frames(frames: Iterable[np.ndarray], *, fps: float, width: int, height: int,
-                 tracker: Tracker | None = None, on_frame=None) -> FaceTrack:
+                 tracker: Tracker | None = None, on_frame=None, store=None) -> FaceTrack:
     """Track one face through RGB ``frames``.
 
     Args:
         frames: iterable of RGB uint8 (H, W, 3).
         tracker: a ``Tracker``; by default a ``MediaPipeTracker`` that is closed afterwards.
         on_frame: optional callback ``on_frame(index, frame, landmarks_or_None)`` (progress, caching).
+        store: optional ``lipsync.files.FrameArray`` of (N, V, 3) float32 that receives the
+            landmarks as they come (resized to the frames tracked) and becomes the track's
+            ``landmarks``: memory does not grow with the video's length.
     """
     own = tracker is None
     tracker = tracker or MediaPipeTracker()
     rows: list[np.ndarray] = []
+    tracked: list[bool] = []
     seen: list[int] = []
     prev_box = None
     nan = np.full((NUM_VERTICES, 3), np.nan, np.float32)
@@ -132,15 +137,25 @@ def track_frames(frames: Iterable[np.ndarray], *, fps: float, width: int, height
                 prev_box = _box(pts)
             else:
                 pts = None
-            rows.append(nan if pts is None else pts)
+            row = nan if pts is None else np.asarray(pts, np.float32)
+            tracked.append(bool(np.isfinite(row).all()))
+            if store is None:
+                rows.append(row)
+            else:
+                if i >= len(store):
+                    store.resize(max(2 * len(store), i + 1))
+                store[i] = row
             if on_frame is not None:
                 on_frame(i, frame, pts)
     finally:
         if own:
             tracker.close()
-    landmarks = np.stack(rows) if rows else np.zeros((0, NUM_VERTICES, 3), np.float32)
-    tracked = np.isfinite(landmarks).all(axis=(1, 2)) if rows else np.zeros(0, bool)
-    return FaceTrack(landmarks=landmarks.astype(np.float32), tracked=tracked,
+    if store is not None:
+        store.resize(len(tracked))
+        landmarks = store
+    else:
+        landmarks = np.stack(rows) if rows else np.zeros((0, NUM_VERTICES, 3), np.float32)
+    return FaceTrack(landmarks=landmarks, tracked=np.asarray(tracked, bool),
                      faces_seen=np.asarray(seen, np.int16), fps=float(fps), width=int(width), height=int(height))
 
 
@@ -179,7 +194,7 @@ def another_face(boxes: list[np.ndarray], followed: np.ndarray | None) -> bool:
 
 
 def track_one_face(frames: Iterable[np.ndarray], *, fps: float, width: int, height: int, retrack,
-                   on_frame=None) -> FaceTrack:
+                   on_frame=None, store=None) -> FaceTrack:
     """``track_frames`` with the two-face tracker, faster on footage of one person (see the module).
 
     ``retrack()`` returns the frames again from the start; it is called only when a second face
@@ -222,7 +237,8 @@ def track_one_face(frames: Iterable[np.ndarray], *, fps: float, width: int, heig
             on_frame(i, frame, pts)
 
     try:
-        track = track_frames(checked(frames), fps=fps, width=width, height=height, tracker=tracker, on_frame=watch)
+        track = track_frames(checked(frames), fps=fps, width=width, height=height, tracker=tracker, on_frame=watch,
+                             store=store)
     finally:
         jobs.put(None)
         worker.join()
@@ -233,4 +249,5 @@ def track_one_face(frames: Iterable[np.ndarray], *, fps: float, width: int, heig
     if not seen.is_set():
         return track
     with MediaPipeTracker(max_faces=2) as two:
-        return track_frames(retrack(), fps=fps, width=width, height=height, tracker=two, on_frame=on_frame)
+        return track_frames(retrack(), fps=fps, width=width, height=height, tracker=two, on_frame=on_frame,
+                            store=store)

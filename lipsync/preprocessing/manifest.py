@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import __version__
 from ..face_measures import face_measures
+from ..files import FrameArray, map_frames
 from ..media import VideoInfo, ffmpeg_version
 from ..prepared import ARRAYS, FORMAT_VERSION, REGION_NAMES, array_entry
 from ..topology import FaceTopology
@@ -47,7 +48,7 @@ def write_arrays(folder: Path, *, frames: int, size: int, track: FaceTrack, clea
     for name, arr in (("landmarks", pose.landmarks), ("landmarks_raw", track.landmarks), ("tracked", track.tracked),
                       ("valid", clean.valid), ("interpolated", clean.interpolated), ("cuts", clean.cuts),
                       ("pose_scale", p.scale), ("pose_rotation", p.rotation), ("pose_translation", p.translation),
-                      ("vertices", pose.vertices.astype(np.float32)), ("reference_vertices", pose.reference),
+                      ("vertices", pose.vertices), ("reference_vertices", pose.reference),
                       ("faces", topo.faces.astype(np.int32)), ("uv", layout.layout.uv),
                       ("reference_atlas", lighting.reference_atlas),
                       ("region_masks", np.stack([layout.regions[k] for k in REGION_NAMES])),
@@ -55,8 +56,11 @@ def write_arrays(folder: Path, *, frames: int, size: int, track: FaceTrack, clea
                       ("skin_correlation", stats.corr.astype(np.float32)),
                       ("lighting_spatial", lighting.params.spatial.astype(np.float32)),
                       ("mouth_opening", mouth.astype(np.float32))):
-        arr = np.asarray(arr)
-        np.save(folder / f"{name}.npy", arr)
+        if isinstance(arr, FrameArray):  # written there already, a chunk at a time
+            assert arr.path == folder / f"{name}.npy", arr.path
+        else:
+            arr = np.asarray(arr)
+            np.save(folder / f"{name}.npy", arr)
         arrays[name] = array_entry(name, arr)
     assert set(ARRAYS) <= set(arrays), set(ARRAYS) - set(arrays)
     return arrays
@@ -89,7 +93,7 @@ def build_manifest(video, *, info: VideoInfo, frames: int, track: FaceTrack, cle
     """10. The manifest (without previews and timings, which the pipeline adds last)."""
     valid, n, size = clean.valid, frames, options.atlas_size
     euler = pose.pose.euler_degrees()[valid]
-    measures = face_measures(clean.landmarks[valid])
+    measures = {k: v[valid] for k, v in map_frames(face_measures, clean.landmarks).items()}
     usable_s = float(valid.sum() / info.fps)
     valid_fraction = float(valid.mean())
     faces_max = int(track.faces_seen.max()) if n else 0

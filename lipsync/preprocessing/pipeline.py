@@ -16,7 +16,9 @@ Each stage is a function in its own module of this package, with a typed result:
 
 Each stage's wall time is in the manifest's ``timings_s``, its CPU time in ``cpu_s``. Stages 6 and 7
 work frame by frame (chunk by chunk) on one thread per core (``PreprocessOptions.workers``), with
-the same results as on one thread.
+the same results as on one thread. Memory does not grow with the video's length: the atlases and
+the per-frame geometry (raw and smoothed landmarks, vertices) are written to the output folder as
+they are made and read back a chunk of frames or a group of vertices at a time.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ import numpy as np
 
 from ..common import Progress
 from ..face_measures import mouth_series
-from ..files import atomic_output
+from ..files import FrameArray, atomic_output
 from ..prepared import MANIFEST
 from ..topology import load_topology
 from ..workers import resolve_workers
@@ -40,7 +42,7 @@ from .lighting import normalize_lighting
 from .manifest import build_manifest, write_arrays
 from .options import PreprocessOptions
 from .reference import normalize_pose
-from .track import clean_track, probe_video, track_video
+from .track import FILLED, clean_track, probe_video, track_video
 from .unwrap import build_layout, unwrap_frames
 
 
@@ -78,12 +80,12 @@ def preprocess(video: str | Path, out: str | Path, *, options: PreprocessOptions
         info = probe_video(video, options)                                              # 1
     with atomic_output(out, overwrite=overwrite, marker=MANIFEST, what="prepared clip") as tmp:
         with timer.stage("track"):
-            track = track_video(info, options, progress, tracker_factory)               # 2
+            track = track_video(info, options, progress, tracker_factory, folder=tmp)   # 2
             n = len(track)
         with timer.stage("clean"):
-            clean = clean_track(track, info, topo, options)                             # 3
+            clean = clean_track(track, info, topo, options, folder=tmp)                 # 3
         with timer.stage("pose"):
-            pose = normalize_pose(clean, info, topo, options)                           # 4
+            pose = normalize_pose(clean, info, topo, options, folder=tmp)               # 4
         with timer.stage("uv"):
             layout = build_layout(pose, topo, options)                                  # 5
         with timer.stage("atlas"):
@@ -94,8 +96,10 @@ def preprocess(video: str | Path, out: str | Path, *, options: PreprocessOptions
                                           progress)                                     # 7
             # frames that looked unlike the face after normalization are excluded everywhere
             clean.valid[lighting.outliers] = False
-            for arr in (pose.vertices, pose.landmarks, pose.pose.scale, pose.pose.rotation, pose.pose.translation):
+            for arr in (pose.pose.scale, pose.pose.rotation, pose.pose.translation):
                 arr[lighting.outliers] = np.nan
+            for t in np.flatnonzero(lighting.outliers):
+                pose.vertices[t] = pose.landmarks[t] = np.nan
         mouth = mouth_series(pose.vertices, clean.valid)  # (T,) mouth opening; NaN in excluded frames
         with timer.stage("audio"):
             speech = prepare_audio(info, n, mouth, clean.valid, clean.cuts, options, tmp)  # 8
@@ -107,6 +111,8 @@ def preprocess(video: str | Path, out: str | Path, *, options: PreprocessOptions
                                   keep_raw_atlas=options.keep_raw_atlas)                # 9
         manifest = build_manifest(video, info=info, frames=n, track=track, clean=clean, pose=pose, layout=layout,
                                   lighting=lighting, speech=speech, arrays=arrays, options=options)  # 10
+        clean.landmarks.close()
+        (tmp / FILLED).unlink()
         if options.previews:
             from ..previews import write_previews
 
@@ -117,6 +123,9 @@ def preprocess(video: str | Path, out: str | Path, *, options: PreprocessOptions
                     uv=layout.layout.uv, size=options.atlas_size, lighting=lighting.params, skin=lighting.skin,
                     face_area=layout.sampler.covered_mask(), valid=clean.valid, euler=pose.pose.euler_degrees(),
                     fps=info.fps, atlas_path=tmp / "atlas.npy", mouth=mouth)
+        for arr in (track.landmarks, pose.vertices, pose.landmarks):
+            if isinstance(arr, FrameArray):
+                arr.close()
         timer.timings["total"] = round(time.perf_counter() - t_start, 4)
         manifest["timings_s"] = timer.timings
         manifest["cpu_s"] = timer.cpu

@@ -3,13 +3,15 @@ the track (fill short gaps, exclude long ones, find cuts between shots)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from ..common import LipsyncError, Progress
+from ..files import column_groups, frame_array, read_columns, write_columns
 from ..media import FrameReader, VideoInfo, extract_aligned_audio, probe
 from ..temporal import detect_cuts, fill_gaps
-from ..topology import FaceTopology
+from ..topology import NUM_VERTICES, FaceTopology
 from ..tracking import FaceTrack, track_frames, track_one_face
 from .options import PreprocessOptions
 
@@ -25,10 +27,13 @@ def probe_video(video, options: PreprocessOptions) -> VideoInfo:
     return info
 
 
-def track_video(info: VideoInfo, options: PreprocessOptions, progress: Progress, tracker_factory=None) -> FaceTrack:
+def track_video(info: VideoInfo, options: PreprocessOptions, progress: Progress, tracker_factory=None,
+                folder: Path | None = None) -> FaceTrack:
     """2. Decode every frame and track one face (MediaPipe FaceMesh in tracking mode by default,
-    ``tracking.track_one_face``); refuses truncated videos and videos without a face."""
+    ``tracking.track_one_face``); refuses truncated videos and videos without a face. With a
+    ``folder``, the landmarks go to its ``landmarks_raw.npy`` as they come (flat memory)."""
     total = max(info.frames, 1)
+    store = frame_array(folder, "landmarks_raw.npy", (total + 16, NUM_VERTICES, 3), np.float32) if folder else None
 
     def on_frame(i, frame, pts):
         if i % 25 == 0:
@@ -36,12 +41,12 @@ def track_video(info: VideoInfo, options: PreprocessOptions, progress: Progress,
 
     if tracker_factory is None:
         track = track_one_face(FrameReader(info), fps=info.fps, width=info.width, height=info.height,
-                               on_frame=on_frame, retrack=lambda: FrameReader(info))
+                               on_frame=on_frame, retrack=lambda: FrameReader(info), store=store)
     else:
         tracker = tracker_factory()
         try:
             track = track_frames(FrameReader(info), fps=info.fps, width=info.width, height=info.height,
-                                 tracker=tracker, on_frame=on_frame)
+                                 tracker=tracker, on_frame=on_frame, store=store)
         finally:
             tracker.close()
     progress("track", total, total)
@@ -57,10 +62,14 @@ def track_video(info: VideoInfo, options: PreprocessOptions, progress: Progress,
     return track
 
 
+FILLED = ".filled_landmarks.npy"  # scratch file of stage 3 in the output folder
+
+
 @dataclass(frozen=True)
 class CleanTrack:
     """Members:
-        landmarks: float32 (T, V, 3); the track with short gaps interpolated (NaN in long ones).
+        landmarks: float32 (T, V, 3); the track with short gaps interpolated (NaN in long ones); in
+            memory or a ``FrameArray``.
         valid: bool (T,); usable frames (tracked or inside a short gap).
         interpolated: bool (T,); frames filled by interpolation.
         cuts: bool (T,); frames that start a new shot.
@@ -71,11 +80,18 @@ class CleanTrack:
     cuts: np.ndarray
 
 
-def clean_track(track: FaceTrack, info: VideoInfo, topo: FaceTopology, options: PreprocessOptions) -> CleanTrack:
-    """3. Find cuts, interpolate gaps up to ``max_gap_s`` (never across a cut), exclude longer ones."""
+def clean_track(track: FaceTrack, info: VideoInfo, topo: FaceTopology, options: PreprocessOptions,
+                folder: Path | None = None) -> CleanTrack:
+    """3. Find cuts, interpolate gaps up to ``max_gap_s`` (never across a cut), exclude longer ones.
+
+    Gaps are filled a group of vertices at a time; with a ``folder`` the filled landmarks are its
+    scratch file ``FILLED`` (removed by the caller before the folder is complete)."""
     max_gap = int(np.floor(options.max_gap_s * info.fps))
     cuts = detect_cuts(track.landmarks, topo.regions["stable"])
-    filled, valid, interpolated = fill_gaps(track.landmarks, track.tracked, max_gap, breaks=cuts)
+    filled = frame_array(folder, FILLED, track.landmarks.shape, np.float32)
+    for cols in column_groups(track.landmarks.shape):
+        part, valid, interpolated = fill_gaps(read_columns(track.landmarks, cols), track.tracked, max_gap, breaks=cuts)
+        write_columns(filled, cols, part)
     if valid.sum() < max(2, options.min_seconds * info.fps):
         raise LipsyncError(f"A face was found in only {int(track.tracked.sum())} of {len(track)} frames of {info.path}; give a video where the face is visible most of the time.")
     return CleanTrack(landmarks=filled, valid=valid, interpolated=interpolated, cuts=cuts)
