@@ -3,10 +3,13 @@
     python -m eval.bench preprocess VIDEO [--repeat N]
     python -m eval.bench train PREPARED_DIR [--preset quick]
     python -m eval.bench synthesize --model MODEL_DIR --audio FILE [--target VIDEO]
+    python -m eval.bench stream --model MODEL_DIR --audio FILE [--target VIDEO] [--chunk-ms 20]
 
 ``preprocess`` reports frames per second for each stage and overall; ``train`` the seconds until
 the preset's final validation loss is first reached (within 2%) and in all; ``synthesize`` output
-frames per second end to end and per stage. Each reports the peak resident memory of the process
+frames per second end to end and per stage; ``stream`` feeds the audio to a live session in
+real-time chunks and reports the latency from a chunk's arrival to the first frame that shows it
+(split into the model's lookahead and computing) and the frames per second it sustained. Each reports the peak resident memory of the process
 and of its children (ffmpeg). Results are printed and can be written as JSON (``--json``) with
 the machine and versions, so figures can be compared.
 """
@@ -137,6 +140,68 @@ def bench_synthesize(model_dir: str, audio: str, *, target: str | None = None, r
             "peak_memory": _peak_mib(), "machine": _machine()}
 
 
+def bench_stream(model_dir: str, audio: str, *, target: str | None = None, renderer: str = "auto",
+                 chunk_ms: float = 20.0, realtime: bool = True) -> dict:
+    """Feed ``audio`` to a ``LiveSession`` in ``chunk_ms`` chunks, each at the moment it would arrive
+    from a live source (``realtime``; else as fast as the session takes them)."""
+    import numpy as np
+
+    from lipsync.media import load_audio
+    from lipsync.model_io import load_model
+
+    model = load_model(model_dir)
+    speech = load_audio(audio)
+    t_prep = time.perf_counter()
+    session = model.live(target, renderer=renderer)
+    prepare_s = time.perf_counter() - t_prep
+    step = max(1, int(round(chunk_ms / 1000 * 16000)))
+    arrivals, ready, completed_by = [], {}, {}
+    start = time.perf_counter()
+    try:
+        for c, i in enumerate(range(0, len(speech), step)):
+            due = start + i / 16000 if realtime else time.perf_counter()
+            now = time.perf_counter()
+            if now < due:
+                time.sleep(due - now)
+            arrivals.append((i, due))
+            for f in session.push(speech[i:i + step]):
+                ready[f.index], completed_by[f.index] = f.ready_s, due
+        end_due = start + len(speech) / 16000 if realtime else time.perf_counter()
+        for f in session.finish():
+            ready[f.index], completed_by[f.index] = f.ready_s, max(end_due, time.perf_counter() - 1e-9)
+        wall = time.perf_counter() - start
+    finally:
+        session.close()
+    fps = session.fps
+    latency, compute = [], []
+    for first, due in arrivals:
+        t = int(first / 16000 * fps)  # the frame that shows the chunk's first sample
+        if t in ready:
+            latency.append(ready[t] - due)
+    compute = [ready[t] - completed_by[t] for t in ready]
+    pct = lambda v: {"p50": round(1000 * float(np.percentile(v, 50)), 1),  # noqa: E731
+                     "p95": round(1000 * float(np.percentile(v, 95)), 1), "max": round(1000 * float(np.max(v)), 1)}
+    frames = len(ready)
+    return {"benchmark": "stream", "model": str(model_dir), "audio": str(audio), "target": str(session.target.source),
+            "resolution": f"{session.target.width}x{session.target.height}", "fps_video": fps, "frames": frames,
+            "chunk_ms": chunk_ms, "realtime": realtime, "lookahead_ms": round(1000 * session.lookahead_s, 1),
+            "latency_ms": pct(latency), "compute_ms": pct(compute), "prepare_s": round(prepare_s, 2),
+            "wall_s": round(wall, 2), "audio_s": round(len(speech) / 16000, 2),
+            "sustained_frames_per_s": round(frames / wall, 1), "peak_memory": _peak_mib(), "machine": _machine()}
+
+
+def _print_stream(r: dict) -> None:
+    lat, comp = r["latency_ms"], r["compute_ms"]
+    print(f"stream {r['frames']} frames at {r['resolution']} ({r['fps_video']:g} fps video), {r['chunk_ms']:g} ms chunks"
+          f"{' in real time' if r['realtime'] else ' as fast as possible'}, audio {r['audio']} ({r['audio_s']} s), "
+          f"target {r['target']} (prepared in {r['prepare_s']} s)")
+    print(f"latency from a chunk's arrival to the first frame showing it, ms: p50 {lat['p50']}  p95 {lat['p95']}  max {lat['max']}")
+    print(f"  of which the model's lookahead is {r['lookahead_ms']} ms past a frame's start; computing a frame once its "
+          f"audio is in, ms: p50 {comp['p50']}  p95 {comp['p95']}  max {comp['max']}")
+    print(f"sustained {r['sustained_frames_per_s']} frames/s over {r['wall_s']} s")
+    _print_memory(r)
+
+
 def _print_train(r: dict) -> None:
     print(f"train {r['prepared']} ({r['preset']} preset, {r['device']}): {r['steps']} steps in {r['train_seconds']:.0f} s "
           f"({r['steps_per_second']:.1f} steps/s)")
@@ -221,6 +286,15 @@ def main(argv=None) -> int:
     p.add_argument("--target", default=None)
     p.add_argument("--renderer", default="auto", choices=["auto", "gl", "nvdiffrast", "reference"])
     p.add_argument("--json", help="also write the results to this JSON file")
+    p = sub.add_parser("stream", help="feed audio to a live session in real-time chunks: latency and frames/s",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True)
+    p.add_argument("--audio", required=True)
+    p.add_argument("--target", default=None)
+    p.add_argument("--renderer", default="auto", choices=["auto", "gl", "nvdiffrast", "reference"])
+    p.add_argument("--chunk-ms", type=float, default=20.0)
+    p.add_argument("--as-fast-as-possible", action="store_true", help="do not wait for each chunk's real arrival time")
+    p.add_argument("--json", help="also write the results to this JSON file")
     p = sub.add_parser("study", help="load-test the human-study server: simulated raters answer concurrently",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--study", default=None, help="a study file (default: a synthetic study made with ffmpeg)")
@@ -240,6 +314,10 @@ def main(argv=None) -> int:
         elif args.what == "synthesize":
             result = bench_synthesize(args.model, args.audio, target=args.target, renderer=args.renderer)
             _print_synthesize(result)
+        elif args.what == "stream":
+            result = bench_stream(args.model, args.audio, target=args.target, renderer=args.renderer,
+                                  chunk_ms=args.chunk_ms, realtime=not args.as_fast_as_possible)
+            _print_stream(result)
         else:
             from human_study.loadtest import bench_study
 

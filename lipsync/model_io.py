@@ -190,6 +190,12 @@ class LoadedModel:
 
         return synthesize(self, **kwargs)
 
+    def live(self, target=None, **kwargs):
+        """A streaming session into ``target``; see ``lipsync.synthesis.LiveSession``."""
+        from .synthesis import LiveSession
+
+        return LiveSession(self, target, **kwargs)
+
 
 def load_model(folder: str | Path, *, device: str = "cpu") -> LoadedModel:
     """Rebuild a trained model from its folder; one-sentence ``LipsyncError`` if it is unusable."""

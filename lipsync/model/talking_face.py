@@ -105,10 +105,7 @@ class TalkingFaceModel(nn.Module):
         """
         self.eval()
         z = torch.cat([self.audio(windows[i:i + 256]) for i in range(0, len(windows), 256)])
-        verts = torch.cat([self.geometry(z[i:i + 256]) for i in range(0, len(z), 256)])
-        if self.config.articulation_gain != 1.0:
-            mean = self.geometry.basis.bias.view(1, -1, 3)
-            verts = mean + self.config.articulation_gain * (verts - mean)
+        verts = torch.cat([self.shapes(z[i:i + 256]) for i in range(0, len(z), 256)])
         crops = torch.empty(len(z), *self.reference_crop.shape)
         self.rollout_resets = 0
         if not self.config.autoregressive:
@@ -117,16 +114,34 @@ class TalkingFaceModel(nn.Module):
             return verts, crops
         prev = self.reference_crop[None]
         for t in range(len(z)):
-            code = self._code(prev)
-            cur = (self.reference_crop + self.texture(torch.cat([z[t:t + 1], code], 1))).clamp(0.0, 1.0)
-            if t % CHECK_EVERY == 0 or float((cur[0] - self.reference_crop).abs().mean()) > SCREEN_DEVIATION:
-                anchor = self._from_reference(z[t:t + 1])
-                if float((cur - anchor).abs().mean()) > RESET_DEVIATION:
-                    cur = anchor
-                    self.rollout_resets += 1
-            crops[t] = cur[0]
-            prev = cur
+            prev, reset = self.texture_step(z[t:t + 1], prev, t)
+            crops[t] = prev[0]
+            self.rollout_resets += reset
         return verts, crops
+
+    @torch.no_grad()
+    def shapes(self, z: torch.Tensor) -> torch.Tensor:
+        """Vertices (B, V, 3) of audio codes (B, latent), with the articulation gain applied."""
+        verts = self.geometry(z)
+        if self.config.articulation_gain != 1.0:
+            mean = self.geometry.basis.bias.view(1, -1, 3)
+            verts = mean + self.config.articulation_gain * (verts - mean)
+        return verts
+
+    @torch.no_grad()
+    def texture_step(self, z: torch.Tensor, prev: torch.Tensor, t: int) -> tuple[torch.Tensor, bool]:
+        """One frame of the guarded auto-regressive loop (see ``rollout``): the crop (1, 3, H, W) of
+        frame ``t`` from its audio code (1, latent) and the previous frame's crop, and whether
+        the loop restarted there. Streaming synthesis calls it frame by frame."""
+        if not self.config.autoregressive:
+            return self._from_reference(z), False
+        code = self._code(prev)
+        cur = (self.reference_crop + self.texture(torch.cat([z, code], 1))).clamp(0.0, 1.0)
+        if t % CHECK_EVERY == 0 or float((cur[0] - self.reference_crop).abs().mean()) > SCREEN_DEVIATION:
+            anchor = self._from_reference(z)
+            if float((cur - anchor).abs().mean()) > RESET_DEVIATION:
+                return anchor, True
+        return cur, False
 
     def _from_reference(self, z: torch.Tensor) -> torch.Tensor:
         """Crops predicted with the reference crop as the previous frame (B, 3, H, W)."""

@@ -55,6 +55,62 @@ def assemble_atlas(reference: np.ndarray, residual: np.ndarray, crop_box, mask: 
     return np.concatenate([np.clip(atlas, 0, 255), mask[..., None] * 255.0], -1)
 
 
+class FrameCompositor:
+    """Puts a rendered face into target frames: the atlas is relit like the target frame
+    (``relight``), enlarged ``texture_upsample`` times (bicubic, so the renderer's bilinear lookup
+    does not blur the mouth a second time), rendered with the mesh in the target frame's pose and
+    blended in through the atlas's alpha (the feathered lower-face mask). Used frame by frame by
+    ``composite_video`` and by streaming synthesis. ``render_s``/``blend_s``: time spent so far."""
+
+    def __init__(self, speaker, target: Target, *, renderer: str = "auto", relight: bool = True,
+                 texture_upsample: int = TEXTURE_UPSAMPLE):
+        from ..render import make_renderer
+
+        self.target, self.relight = target, relight
+        self.size = speaker.reference_atlas.shape[0]
+        self.up = max(1, int(texture_upsample))
+        self.renderer = make_renderer(renderer, target.height, target.width, speaker.faces, speaker.uv,
+                                      self.size * self.up, channels=4)
+        self.render_s = self.blend_s = 0.0
+
+    def shows_face(self, k: int) -> bool:
+        """Whether target frame ``k`` gets the face (else it passes through unchanged)."""
+        return bool(self.target.valid[k]) and bool(np.isfinite(self.target.pose_scale[k]))
+
+    def compose(self, frame: np.ndarray, k: int, verts: np.ndarray, texture: np.ndarray) -> np.ndarray:
+        """Target frame ``frame`` (number ``k``) with the face ``verts`` (V, 3) textured by
+        ``texture`` (float32 (S, S, 4), 0..255, alpha = blend weight; changed in place): uint8 (H, W, 3)."""
+        import cv2
+
+        from ..lighting import log_field
+        from ..pose import apply_similarity
+
+        if not self.shows_face(k):
+            return frame
+        t = self.target
+        ta = time.perf_counter()
+        tex, size = texture, self.size
+        g = t.gains[k]
+        if self.relight and np.isfinite(g).all():
+            tex[..., :3] = np.clip(tex[..., :3] * np.exp(log_field(g, t.terms, size)), 0, 255)
+        if self.up > 1:
+            tex = np.clip(cv2.resize(tex, (size * self.up, size * self.up), interpolation=cv2.INTER_CUBIC), 0, 255)
+        pts = apply_similarity(verts[None], t.pose_scale[k][None], t.pose_rotation[k][None], t.pose_translation[k][None])[0]
+        img, cover = self.renderer.render(pts, tex)
+        tb = time.perf_counter()
+        alpha = (img[..., 3:4] / 255.0) * cover[..., None]
+        blended = frame.astype(np.float32) * (1 - alpha) + img[..., :3] * alpha
+        result = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+        self.render_s += tb - ta
+        self.blend_s += time.perf_counter() - tb
+        return result
+
+    def close(self) -> None:
+        close = getattr(self.renderer, "close", None)
+        if close:
+            close()
+
+
 def composite_video(speaker, target: Target, verts: np.ndarray, texture_at: Callable[[int], np.ndarray], out: Path,
                     wav: Path, *, schedule: str = "usable", renderer: str = "auto", relight: bool = True,
                     workdir: Path, crf: int = 18, progress: Progress | None = None,
@@ -62,16 +118,7 @@ def composite_video(speaker, target: Target, verts: np.ndarray, texture_at: Call
     """Render the face ``verts`` (T,V,3, canonical units of ``speaker``) with the atlas
     ``texture_at(i)`` (float32 (S,S,4), 0..255, alpha = blend weight) into the target's frames,
     re-applying each target frame's head pose and (``relight``) lighting, and encode ``out`` with
-    the audio ``wav``. Returns timings and the renderer used.
-
-    ``texture_upsample``: the atlas is enlarged this many times (bicubic) before rendering, so the
-    renderers' bilinear lookup does not blur the mouth a second time (1: render the atlas as is)."""
-    import cv2
-
-    from ..lighting import log_field
-    from ..pose import apply_similarity
-    from ..render import make_renderer
-
+    the audio ``wav`` (see ``FrameCompositor``). Returns timings and the renderer used."""
     progress = progress or (lambda stage, done, total: None)
     n = len(verts)
     t0 = time.perf_counter()
@@ -85,37 +132,21 @@ def composite_video(speaker, target: Target, verts: np.ndarray, texture_at: Call
             usable = np.flatnonzero(target.valid[:len(frames)])
             order = usable[ping_pong(n, len(usable))]
     timings = {"decode": time.perf_counter() - t0}
-    size = speaker.reference_atlas.shape[0]
     h, w = target.height, target.width
-    up = max(1, int(texture_upsample))
-    rend = make_renderer(renderer, h, w, speaker.faces, speaker.uv, size * up, channels=4)
+    comp = FrameCompositor(speaker, target, renderer=renderer, relight=relight, texture_upsample=texture_upsample)
     writer = VideoWriter(out, w, h, target.fps, wav, crf=crf)
-    t_render = t_blend = t_write = 0.0
+    t_write = 0.0
     try:
         for i in range(n):
             k = int(order[i])
-            frame = frames[k]
-            if not target.valid[k] or not np.isfinite(target.pose_scale[k]):
-                writer.write(frame)
-                continue
-            ta = time.perf_counter()
-            tex = texture_at(i)
-            g = target.gains[k]
-            if relight and np.isfinite(g).all():
-                tex[..., :3] = np.clip(tex[..., :3] * np.exp(log_field(g, target.terms, size)), 0, 255)
-            if up > 1:
-                tex = np.clip(cv2.resize(tex, (size * up, size * up), interpolation=cv2.INTER_CUBIC), 0, 255)
-            pts = apply_similarity(verts[i][None], target.pose_scale[k][None], target.pose_rotation[k][None],
-                                   target.pose_translation[k][None])[0]
-            img, cover = rend.render(pts, tex)
-            tb = time.perf_counter()
-            alpha = (img[..., 3:4] / 255.0) * cover[..., None]
-            blended = frame.astype(np.float32) * (1 - alpha) + img[..., :3] * alpha
-            result = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+            result = frames[k]
+            if comp.shows_face(k):
+                ta = time.perf_counter()
+                tex = texture_at(i)
+                comp.render_s += time.perf_counter() - ta  # the texture counts as rendering
+                result = comp.compose(result, k, verts[i], tex)
             tc = time.perf_counter()
             writer.write(result)
-            t_render += tb - ta
-            t_blend += tc - tb
             t_write += time.perf_counter() - tc
             if i % 25 == 0:
                 progress("render", i + 1, n)
@@ -127,8 +158,6 @@ def composite_video(speaker, target: Target, verts: np.ndarray, texture_at: Call
         writer.abort()
         raise
     finally:
-        close = getattr(rend, "close", None)
-        if close:
-            close()
-    timings.update(render=t_render, blend=t_blend, encode=t_write)
-    return {"timings": timings, "renderer": type(rend).__name__}
+        comp.close()
+    timings.update(render=comp.render_s, blend=comp.blend_s, encode=t_write)
+    return {"timings": timings, "renderer": type(comp.renderer).__name__}

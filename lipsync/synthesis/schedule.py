@@ -8,11 +8,17 @@ from ..common import LipsyncError
 
 def ping_pong(count: int, length: int) -> np.ndarray:
     """Indices 0, 1, ..., n-1, n-2, ..., 1, 0, 1, ... of length ``count`` over ``length`` frames."""
+    return ping_pong_at(np.arange(count), length)
+
+
+def ping_pong_at(index, length: int):
+    """Element ``index`` (an int or an int array) of the endless ``ping_pong`` sequence over ``length`` frames."""
     if length <= 1:
-        return np.zeros(count, np.int64)
+        return np.zeros(np.shape(index), np.int64) if np.ndim(index) else 0
     period = 2 * length - 2
-    k = np.arange(count) % period
-    return np.where(k < length, k, period - k)
+    k = np.asarray(index, np.int64) % period
+    out = np.where(k < length, k, period - k)
+    return out if np.ndim(index) else int(out)
 
 
 def frame_schedule(count: int, target, mode: str = "usable") -> np.ndarray:

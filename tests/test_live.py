@@ -1,0 +1,119 @@
+"""Streaming synthesis: audio chunks in, frames out, as offline synthesis makes them."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import lipsync.synthesis.composite as composite
+from conftest import ROOT
+from lipsync.common import LipsyncError
+from lipsync.media import load_audio
+from lipsync.model_io import load_model
+
+EXAMPLE_MODEL = ROOT / "demo" / "assets" / "grid_s1_model"  # shipped: has a mouth bank
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(EXAMPLE_MODEL)
+
+
+@pytest.fixture(scope="module")
+def speech(grid_clip):
+    return load_audio(grid_clip)[:32000]  # 2 s of the fixture's own speech
+
+
+def stream(model, target, audio, chunk, tmp_path, *, rate=16000, **kwargs):
+    session = model.live(target, workdir=tmp_path, renderer="gl", **kwargs)
+    frames = []
+    for i in range(0, len(audio), chunk):
+        frames += session.push(audio[i:i + chunk], rate)
+    frames += session.finish()
+    return session, frames
+
+
+def test_streamed_frames_equal_offline_synthesis(model, speech, prepared_grid, tmp_path, monkeypatch):
+    written = []
+
+    class Capture:  # the offline frames just before they are encoded
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def write(self, frame):
+            written.append(np.array(frame))
+
+        def finish(self):
+            pass
+
+        def abort(self):
+            pass
+
+    import soundfile as sf
+
+    sf.write(tmp_path / "speech.wav", speech, 16000)
+    monkeypatch.setattr(composite, "VideoWriter", Capture)
+    model.synthesize(out=tmp_path / "offline.mp4", audio=tmp_path / "speech.wav", target=prepared_grid.path,
+                     renderer="gl")
+    heard = load_audio(tmp_path / "speech.wav")  # what offline synthesis reads: 16-bit samples
+    session, frames = stream(model, prepared_grid.path, heard, 320, tmp_path / "live")
+    assert [f.index for f in frames] == list(range(len(written))) == list(range(50))
+    diff = np.array([np.abs(f.image.astype(int) - w.astype(int)).max() for f, w in zip(frames, written)])
+    assert diff.max() <= 2, diff  # float rounding: batched against one-frame-at-a-time products
+    # each frame carries its own 1/fps of the audio, and its time
+    assert np.array_equal(np.concatenate([f.audio for f in frames]), heard)
+    assert frames[10].time_s == pytest.approx(0.4)
+    assert 0.15 < session.lookahead_s < 0.25
+    # only what the next frames need is kept, however long the stream runs
+    assert len(session._audio) < 2 * 640 and len(session.spec._cols) <= model.net.config.columns + 2
+    assert len(session._rows) <= 3
+
+
+def test_any_chunk_size_gives_the_same_frames(model, speech, prepared_grid, tmp_path):
+    audio = speech[:12000]
+    _, whole = stream(model, prepared_grid.path, audio, 16000, tmp_path / "a")
+    for chunk in (1, 333):
+        _, frames = stream(model, prepared_grid.path, audio, chunk, tmp_path / f"c{chunk}")
+        assert len(frames) == len(whole) == 19
+        assert all(np.array_equal(a.image, b.image) for a, b in zip(frames, whole)), chunk
+
+
+def test_pcm_bytes_and_other_sample_rates(model, speech, prepared_grid, tmp_path):
+    import soxr
+
+    pcm = np.round(speech[:8000] * 32767).astype(np.int16)
+    _, as_float = stream(model, prepared_grid.path, pcm.astype(np.float32) / 32768.0, 800, tmp_path / "f")
+    session = model.live(prepared_grid.path, workdir=tmp_path / "b", renderer="gl")
+    as_bytes = session.push(pcm.tobytes()[:1001 * 2]) + session.push(pcm.tobytes()[1001 * 2:]) + session.finish()
+    assert len(as_bytes) == len(as_float) == 12  # 0.5 s at 25 fps, rounded as offline synthesis rounds
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(as_bytes, as_float))
+    # 48 kHz in: resampled as a stream; the same frames whatever the chunks, close to 16 kHz input
+    high = soxr.resample(speech[:8000], 16000, 48000).astype(np.float32)
+    _, a = stream(model, prepared_grid.path, high, 960, tmp_path / "h1", rate=48000)
+    _, b = stream(model, prepared_grid.path, high, 4801, tmp_path / "h2", rate=48000)
+    assert len(a) == len(b) == 12 and all(np.array_equal(x.image, y.image) for x, y in zip(a, b))
+    _, ref = stream(model, prepared_grid.path, speech[:8000], 800, tmp_path / "r")
+    assert np.mean([np.abs(x.image.astype(int) - y.image.astype(int)).mean() for x, y in zip(a, ref)]) < 0.5
+
+
+def test_silence_keeps_the_mouth_closed_and_still(model, prepared_grid, tmp_path):
+    from lipsync.face_measures import mouth_opening
+
+    _, frames = stream(model, prepared_grid.path, np.zeros(24000, np.float32), 640, tmp_path)
+    opening = mouth_opening(np.stack([f.vertices for f in frames]))
+    assert len(frames) == 38 and np.ptp(opening) < 0.01
+    ref = model.speaker.reference_vertices[None]
+    assert abs(float(np.median(opening)) - float(mouth_opening(ref)[0])) < 0.02  # closed, like the reference
+
+
+def test_bad_stream_input_is_refused_with_one_sentence(model, prepared_grid, tmp_path):
+    session = model.live(prepared_grid.path, workdir=tmp_path, renderer="gl")
+    with pytest.raises(LipsyncError, match="even number of bytes"):
+        session.push(b"\x00\x01\x02")
+    with pytest.raises(LipsyncError, match="16-bit PCM"):
+        session.push(np.zeros(10, np.int32))
+    session.push(np.zeros(100, np.float32), 16000)
+    with pytest.raises(LipsyncError, match="sample rate changed"):
+        session.push(np.zeros(100, np.float32), 48000)
+    session.finish()
+    with pytest.raises(LipsyncError, match="has finished"):
+        session.push(np.zeros(10, np.float32))
