@@ -159,12 +159,13 @@ def bench_stream(model_dir: str, audio: str, *, target: str | None = None, rende
     start = time.perf_counter()
     try:
         for c, i in enumerate(range(0, len(speech), step)):
-            due = start + i / 16000 if realtime else time.perf_counter()
+            chunk = speech[i:i + step]
+            due = start + (i + len(chunk)) / 16000 if realtime else time.perf_counter()  # its last sample is in
             now = time.perf_counter()
             if now < due:
                 time.sleep(due - now)
             arrivals.append((i, due))
-            for f in session.push(speech[i:i + step]):
+            for f in session.push(chunk):
                 ready[f.index], completed_by[f.index] = f.ready_s, due
         end_due = start + len(speech) / 16000 if realtime else time.perf_counter()
         for f in session.finish():

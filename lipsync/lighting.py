@@ -18,6 +18,7 @@ Coefficients are stored per frame (``LightingParams``) so either step can be re-
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -64,9 +65,18 @@ class LightingParams:
 
 def log_field(coeffs: np.ndarray, terms, size: int) -> np.ndarray:
     """Evaluate (3, K) coefficients on the (S, S) texel grid -> (S, S, 3) log-gain."""
+    return (_grid_basis(tuple(map(tuple, terms)), int(size)) @ np.asarray(coeffs, np.float32).T).astype(np.float32)
+
+
+@lru_cache(maxsize=8)
+def _grid_basis(terms: tuple, size: int) -> np.ndarray:
+    """``poly_basis`` on the (S, S) texel grid (S, S, K), computed once per grid (synthesis
+    evaluates a field on every frame)."""
     c = (np.arange(size, dtype=np.float32) + 0.5) / size
     u, v = np.meshgrid(c, c)
-    return (poly_basis(u, v, terms) @ np.asarray(coeffs, np.float32).T).astype(np.float32)
+    basis = poly_basis(u, v, list(terms))
+    basis.flags.writeable = False
+    return basis
 
 
 def to_log(atlas: np.ndarray) -> np.ndarray:

@@ -98,9 +98,15 @@ class FrameCompositor:
         pts = apply_similarity(verts[None], t.pose_scale[k][None], t.pose_rotation[k][None], t.pose_translation[k][None])[0]
         img, cover = self.renderer.render(pts, tex)
         tb = time.perf_counter()
-        alpha = (img[..., 3:4] / 255.0) * cover[..., None]
-        blended = frame.astype(np.float32) * (1 - alpha) + img[..., :3] * alpha
-        result = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+        # blend inside the box where the face has weight only: elsewhere the frame is unchanged
+        weight = (img[..., 3] > 0) & cover
+        rows, cols = np.flatnonzero(weight.any(1)), np.flatnonzero(weight.any(0))
+        result = np.array(frame)
+        if len(rows):
+            box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+            alpha = (img[box][..., 3:4] / 255.0) * cover[box][..., None]
+            blended = frame[box].astype(np.float32) * (1 - alpha) + img[box][..., :3] * alpha
+            result[box] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
         self.render_s += tb - ta
         self.blend_s += time.perf_counter() - tb
         return result
