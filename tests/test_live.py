@@ -117,3 +117,13 @@ def test_bad_stream_input_is_refused_with_one_sentence(model, prepared_grid, tmp
     session.finish()
     with pytest.raises(LipsyncError, match="has finished"):
         session.push(np.zeros(10, np.float32))
+
+
+def test_a_missing_target_is_one_sentence_and_leaves_no_temporary_folder(model, tmp_path):
+    import tempfile
+    from pathlib import Path
+
+    before = set(Path(tempfile.gettempdir()).glob("lipsync-live-*"))
+    with pytest.raises(LipsyncError):
+        model.live(tmp_path / "nowhere.mp4", renderer="gl")
+    assert set(Path(tempfile.gettempdir()).glob("lipsync-live-*")) == before

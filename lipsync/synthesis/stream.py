@@ -142,16 +142,23 @@ class LiveSession:
         self._own_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="lipsync-live-") if workdir is None else workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.target = prepare_target(model, target, self.workdir, progress)
-        self.fps = float(self.target.fps)
-        usable = np.flatnonzero(self.target.valid)
-        if len(usable) == 0:
-            raise LipsyncError(f"no frame of the target {self.target.source} has a usable face; give another target.")
-        self.frames = self.target.read_frames(int(usable.max()) + 1, self.workdir)
-        self.usable = usable[usable < len(self.frames)]
+        try:
+            self.target = prepare_target(model, target, self.workdir, progress)
+            self.fps = float(self.target.fps)
+            usable = np.flatnonzero(self.target.valid)
+            if len(usable) == 0:
+                raise LipsyncError(f"no frame of the target {self.target.source} has a usable face; give another target.")
+            self.frames = self.target.read_frames(int(usable.max()) + 1, self.workdir)
+            self.usable = usable[usable < len(self.frames)]
+            relight = bool(model.config.get("training", {}).get("options", {}).get("lighting_norm", True))
+            self.compositor = FrameCompositor(model.speaker, self.target, renderer=renderer, relight=relight)
+        except BaseException:
+            if self._own_workdir:
+                import shutil
+
+                shutil.rmtree(self.workdir, ignore_errors=True)
+            raise
         sp = model.speaker
-        relight = bool(model.config.get("training", {}).get("options", {}).get("lighting_norm", True))
-        self.compositor = FrameCompositor(sp, self.target, renderer=renderer, relight=relight)
         self.mask = blend_mask(sp, sp.reference_atlas.shape[0])
         self.box = tuple(model.net.config.crop)
         self.ref_crop = model.net.reference_crop.numpy().transpose(1, 2, 0)
