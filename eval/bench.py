@@ -280,22 +280,16 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--keep", help="keep the model in this folder")
-    p = sub.add_parser("synthesize", help="time `lipsync synthesize` end to end",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True)
-    p.add_argument("--audio", required=True)
-    p.add_argument("--target", default=None)
-    p.add_argument("--renderer", default="auto", choices=["auto", "gl", "nvdiffrast", "reference"])
-    p.add_argument("--json", help="also write the results to this JSON file")
-    p = sub.add_parser("stream", help="feed audio to a live session in real-time chunks: latency and frames/s",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True)
-    p.add_argument("--audio", required=True)
-    p.add_argument("--target", default=None)
-    p.add_argument("--renderer", default="auto", choices=["auto", "gl", "nvdiffrast", "reference"])
+    for name, text in (("synthesize", "time `lipsync synthesize` end to end"),
+                       ("stream", "feed audio to a live session in real-time chunks: latency and frames/s")):
+        p = sub.add_parser(name, help=text, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p.add_argument("--model", required=True)
+        p.add_argument("--audio", required=True)
+        p.add_argument("--target", default=None)
+        p.add_argument("--renderer", default="auto", choices=["auto", "gl", "nvdiffrast", "reference"])
+        p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--chunk-ms", type=float, default=20.0)
     p.add_argument("--as-fast-as-possible", action="store_true", help="do not wait for each chunk's real arrival time")
-    p.add_argument("--json", help="also write the results to this JSON file")
     p = sub.add_parser("study", help="load-test the human-study server: simulated raters answer concurrently",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--study", default=None, help="a study file (default: a synthetic study made with ffmpeg)")

@@ -11,6 +11,7 @@ second.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -58,10 +59,28 @@ def log_mel(audio: np.ndarray) -> np.ndarray:
     if n_cols < 1:
         return np.zeros((N_MELS, 0), np.float32)
     idx = np.arange(N_FFT)[None, :] + HOP * np.arange(n_cols)[:, None]
-    frames = x[idx] * np.hanning(WIN + 1)[:-1].astype(np.float32)[None]
+    return log_mel_columns(x[idx])
+
+
+def log_mel_columns(frames: np.ndarray) -> np.ndarray:
+    """float32 (n_mels, C): the log-mel columns of C stretches of N_FFT samples (C, N_FFT) of the
+    padded signal. ``log_mel`` takes all columns at once; live synthesis one as it arrives."""
+    frames = frames * np.hanning(WIN + 1)[:-1].astype(np.float32)[None]
     power = np.abs(np.fft.rfft(frames, n=N_FFT, axis=1)) ** 2  # (C, F)
-    mel = mel_filterbank() @ power.T.astype(np.float32)  # (n_mels, C)
+    mel = _filterbank() @ power.T.astype(np.float32)  # (n_mels, C)
     return np.log(mel + LOG_FLOOR).astype(np.float32)
+
+
+@lru_cache(maxsize=1)
+def _filterbank() -> np.ndarray:
+    fb = mel_filterbank()
+    fb.flags.writeable = False
+    return fb
+
+
+def centre_column(frame, fps: float):
+    """The spectrogram column at the centre of video frame(s) ``frame`` (its time (t + 0.5) / fps)."""
+    return np.round((np.asarray(frame) + 0.5) / fps * SAMPLE_RATE / HOP).astype(np.int64)
 
 
 def frame_windows(spec: np.ndarray, num_frames: int, fps: float, *, columns: int = WINDOW_COLUMNS) -> np.ndarray:
@@ -71,7 +90,7 @@ def frame_windows(spec: np.ndarray, num_frames: int, fps: float, *, columns: int
     floor (log of ``LOG_FLOOR``).
     """
     n_mels, n_cols = spec.shape
-    centre = np.round((np.arange(num_frames) + 0.5) / fps * SAMPLE_RATE / HOP).astype(np.int64)
+    centre = centre_column(np.arange(num_frames), fps)
     idx = centre[:, None] + np.arange(columns)[None, :] - columns // 2  # (T, columns)
     padded = np.concatenate([spec, np.full((n_mels, 1), np.log(LOG_FLOOR), np.float32)], axis=1)
     idx = np.where((idx >= 0) & (idx < n_cols), idx, n_cols)  # out of range -> the silence column

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio_features import HOP, LOG_FLOOR, N_FFT, SAMPLE_RATE, WIN, mel_filterbank
+from ..audio_features import HOP, LOG_FLOOR, N_FFT, SAMPLE_RATE, centre_column, log_mel_columns
 from ..common import LipsyncError
 from .composite import FrameCompositor, assemble_atlas, blend_mask
 from .schedule import ping_pong_at
@@ -81,8 +81,6 @@ class StreamingLogMel:
         self._base = 0
         self._cols: list[np.ndarray] = []
         self._first = 0  # column number of _cols[0]
-        self._fb = mel_filterbank()
-        self._window = np.hanning(WIN + 1)[:-1].astype(np.float32)
         self.finished = False
 
     def __len__(self) -> int:
@@ -111,10 +109,7 @@ class StreamingLogMel:
         k = len(self)
         while HOP * k + N_FFT <= self._base + len(self._samples):
             at = HOP * k - self._base
-            frame = self._samples[at:at + N_FFT] * self._window
-            power = np.abs(np.fft.rfft(frame[None], n=N_FFT, axis=1)) ** 2  # (1, F)
-            mel = self._fb @ power.T.astype(np.float32)  # (n_mels, 1)
-            self._cols.append(np.log(mel[:, 0] + LOG_FLOOR).astype(np.float32))
+            self._cols.append(log_mel_columns(self._samples[None, at:at + N_FFT])[:, 0])
             k += 1
         keep = HOP * k - self._base  # the next column starts here
         if keep > 0:
@@ -241,7 +236,7 @@ class LiveSession:
         return self._advance(self._ready_frames(), final=False)
 
     def _centre(self, t: int) -> int:
-        return int(np.round((t + 0.5) / self.fps * SAMPLE_RATE / HOP))
+        return int(centre_column(t, self.fps))
 
     def _ready_frames(self) -> int:
         """Frames whose whole audio window is in the spectrogram."""
