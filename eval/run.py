@@ -366,6 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="instead of the comparison, the data-efficiency study: lipsync3d trained on the first S "
                          "seconds of the training footage for each S, measured on the same test clips "
                          "(efficiency.md and plots/data_efficiency.png in --out)")
+    ap.add_argument("--lookahead-ms", nargs="+", type=int, metavar="MS",
+                    help="instead of the comparison, the audio-lookahead study: lipsync3d trained with an audio window "
+                         "reaching MS ms past each frame for each MS (multiples of 10; 110 is the default window), "
+                         "measured on the same test clips (lookahead.md and plots/lookahead.png in --out)")
     ap.add_argument("--quiet", action="store_true", help="no progress output")
     return ap
 
@@ -376,11 +380,14 @@ def main(argv=None) -> int:
     setup_cache_env()
     args = build_parser().parse_args(argv)
     try:
-        if args.train_seconds:
-            from .efficiency import run_efficiency
+        if args.train_seconds or args.lookahead_ms:
+            from .sweeps import EFFICIENCY, LOOKAHEAD, run_sweep
 
-            doc = run_efficiency(EvalConfig.from_args(args), args.train_seconds)
-            print(f"results: {Path(args.out) / 'efficiency.md'} ({doc['timings_s']['total']:.0f} s)")
+            if args.train_seconds and args.lookahead_ms:
+                raise LipsyncError("choose one study: --train-seconds or --lookahead-ms.")
+            study = EFFICIENCY if args.train_seconds else LOOKAHEAD
+            doc = run_sweep(EvalConfig.from_args(args), study, args.train_seconds or args.lookahead_ms)
+            print(f"results: {Path(args.out) / (study.stem + '.md')} ({doc['timings_s']['total']:.0f} s)")
             return 0
         doc = run(EvalConfig.from_args(args))
     except LipsyncError as err:

@@ -2,7 +2,8 @@
 
 16 kHz mono audio -> log-mel spectrogram (32 ms Hann window, 10 ms hop, 80 mel bands up to 8 kHz)
 -> for video frame t (centre time (t + 0.5) / fps, any fps) the 24 spectrogram columns (240 ms)
-centred on it -> float32 (T, 80, 24). Per-speaker normalization (mean and std of each mel band
+centred on it (or, for a model trained with a shorter lookahead, ending closer to it) -> float32
+(T, 80, 24). Per-speaker normalization (mean and std of each mel band
 over the training frames) is stored with the model and applied to new audio.
 
 Plain numpy (no numba compile on first use), so features of a 3-minute clip take well under a
@@ -83,23 +84,37 @@ def centre_column(frame, fps: float):
     return np.round((np.asarray(frame) + 0.5) / fps * SAMPLE_RATE / HOP).astype(np.int64)
 
 
-def frame_windows(spec: np.ndarray, num_frames: int, fps: float, *, columns: int = WINDOW_COLUMNS) -> np.ndarray:
+def window_offsets(columns: int = WINDOW_COLUMNS, future: int | None = None) -> np.ndarray:
+    """int64 (columns,): the spectrogram columns of a frame's audio window, relative to the column at
+    the frame's centre. ``future`` columns lie after the centre (the window's lookahead, 10 ms each);
+    None centres the window (``columns // 2`` before the centre, 11 of 24 after it)."""
+    if future is None:
+        future = columns - 1 - columns // 2
+    if not 0 <= future < columns:
+        raise LipsyncError(f"an audio window of {columns} columns can look 0 to {columns - 1} columns ahead, not {future}.")
+    return np.arange(columns) - (columns - 1 - future)
+
+
+def frame_windows(spec: np.ndarray, num_frames: int, fps: float, *, columns: int = WINDOW_COLUMNS,
+                  future: int | None = None) -> np.ndarray:
     """Cut the spectrogram into one window per video frame: float32 (T, n_mels, columns).
 
-    Frame t is centred at (t + 0.5) / fps seconds; columns outside the audio repeat the silence
-    floor (log of ``LOG_FLOOR``).
+    Frame t is centred at (t + 0.5) / fps seconds; the window holds ``future`` columns after that
+    centre (see ``window_offsets``); columns outside the audio repeat the silence floor (log of
+    ``LOG_FLOOR``).
     """
     n_mels, n_cols = spec.shape
     centre = centre_column(np.arange(num_frames), fps)
-    idx = centre[:, None] + np.arange(columns)[None, :] - columns // 2  # (T, columns)
+    idx = centre[:, None] + window_offsets(columns, future)[None, :]  # (T, columns)
     padded = np.concatenate([spec, np.full((n_mels, 1), np.log(LOG_FLOOR), np.float32)], axis=1)
     idx = np.where((idx >= 0) & (idx < n_cols), idx, n_cols)  # out of range -> the silence column
     return np.ascontiguousarray(padded[:, idx].transpose(1, 0, 2))
 
 
-def audio_windows(audio: np.ndarray, num_frames: int, fps: float, *, columns: int = WINDOW_COLUMNS) -> np.ndarray:
+def audio_windows(audio: np.ndarray, num_frames: int, fps: float, *, columns: int = WINDOW_COLUMNS,
+                  future: int | None = None) -> np.ndarray:
     """Raw (unnormalized) features of ``num_frames`` video frames: float32 (T, 80, columns)."""
-    return frame_windows(log_mel(audio), num_frames, fps, columns=columns)
+    return frame_windows(log_mel(audio), num_frames, fps, columns=columns, future=future)
 
 
 def frames_for_audio(num_samples: int, fps: float) -> int:

@@ -80,8 +80,15 @@ def _cmd_train(args) -> int:
         if step >= total:
             b.close()
 
+    options = None
+    if args.lookahead_ms is not None:
+        from dataclasses import replace
+
+        from .training import PRESETS
+
+        options = replace(PRESETS[args.preset], lookahead_ms=args.lookahead_ms)
     try:
-        folder = train(args.prepared, args.out, preset=args.preset, max_minutes=args.max_minutes,
+        folder = train(args.prepared, args.out, preset=args.preset, options=options, max_minutes=args.max_minutes,
                        device=args.device, resume=args.resume, progress=progress)
     finally:
         if "bar" in bar:
@@ -126,6 +133,36 @@ def _cmd_synthesize(args) -> int:
     return 0
 
 
+def _cmd_serve(args) -> int:
+    from .live_server import LiveOptions, LiveService, WS_PATH, create_app, single_target
+    from .model_io import load_model
+
+    if not 1 <= args.max_sessions <= 64:
+        raise LipsyncError("--max-sessions must be from 1 to 64.")
+    if not 1 <= args.port <= 65535:
+        raise LipsyncError("--port must be from 1 to 65535.")
+    import importlib.util
+
+    for name in ("uvicorn", "websockets"):  # websockets: uvicorn's WebSocket protocol
+        if importlib.util.find_spec(name) is None:
+            raise LipsyncError(f"serving needs the {name} package; reinstall lipsync (pip install -e .).")
+    import uvicorn
+    model = load_model(args.model)
+    print(f"preparing the target {args.target or 'the training video'} ...", file=sys.stderr)
+    resolve = single_target(model, args.target, progress=_tqdm_progress(sys.stderr.isatty()))
+    live = resolve.live_target
+    service = LiveService(resolve, LiveOptions(max_sessions=args.max_sessions, renderer=args.renderer))
+    app = create_app(service)
+    print(f"live            http://{args.host}:{args.port}/live (browser page), ws://{args.host}:{args.port}{WS_PATH} "
+          f"(protocol in the README), {live.size[0]}x{live.size[1]} at {live.fps:g} fps, "
+          f"up to {args.max_sessions} sessions", file=sys.stderr)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, ws="websockets", log_level="warning")
+    finally:
+        live.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     ap = argparse.ArgumentParser(prog="lipsync", description="Personalized audio-driven 3D talking faces from one video.",
@@ -158,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model folder")
     p.add_argument("--preset", choices=["quick", "full"], default="quick",
                    help="quick: minutes on a CPU; full: longer, for a GPU")
+    p.add_argument("--lookahead-ms", type=int, default=None,
+                   help="how far past each video frame the model hears the audio, in ms (a multiple of 10, 0-230; "
+                        "default: a centred 240 ms window, 110 ms ahead). Less lookahead = lower live latency")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes (a checkpoint is kept)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to train")
     p.add_argument("--resume", action="store_true", help="continue the training saved in --out")
@@ -183,6 +223,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
     p.set_defaults(func=_cmd_synthesize)
+
+    p = sub.add_parser("serve", formatter_class=fmt, help="serve live synthesis over a WebSocket (and a browser page)",
+                       description="Stream audio in, get the talking face back live: a WebSocket endpoint at /live/ws "
+                                   "(protocol lipsync-live/1, see the README) and a page at /live that uses the microphone.")
+    p.add_argument("--model", required=True, help="a model folder (from 'lipsync train')")
+    p.add_argument("--target", default=None, help="video or still image of the same person (default: the training video)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--max-sessions", type=int, default=2, help="live sessions at once (more clients are told it is busy)")
+    p.add_argument("--renderer", choices=["auto", "gl", "nvdiffrast", "reference"], default="auto",
+                   help="how the face mesh is rasterized")
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("inspect", formatter_class=fmt, help="summarize a prepared clip",
                        description="Print a short summary of a prepared clip: frames, valid %, pose range, lighting.")

@@ -49,7 +49,10 @@ class TrainOptions:
     self_condition: float = 0.5     # final fraction of samples conditioned on the model's own prediction
     audio_noise: float = 0.2        # std of noise added to the normalized log-mel windows
     audio_gain: float = 0.5         # random loudness change (normalized log-mel units, +-)
-    audio_columns: int = 24         # log-mel columns (10 ms each) of audio context per video frame, centred
+    audio_columns: int = 24         # log-mel columns (10 ms each) of audio context per video frame
+    # how far the audio window reaches past a frame's centre, in ms (a multiple of 10); None: the
+    # window is centred (110 ms with 24 columns). Shorter lookahead = lower live latency.
+    lookahead_ms: int | None = None
     dropout: float = 0.25           # dropout on the audio latent
     weight_decay: float = 1e-4
     val_fraction: float = 0.1
@@ -123,6 +126,20 @@ class TrainingData:
     reference_crop: np.ndarray
 
 
+def lookahead_columns(options: TrainOptions) -> int | None:
+    """The audio window's spectrogram columns after a frame's centre (None: centred)."""
+    from .audio_features import HOP, SAMPLE_RATE
+
+    ms = options.lookahead_ms
+    if ms is None:
+        return None
+    step = 1000 * HOP // SAMPLE_RATE
+    limit = step * (options.audio_columns - 1)
+    if ms != int(ms) or not 0 <= ms <= limit or ms % step:
+        raise LipsyncError(f"the audio lookahead must be a multiple of {step} ms from 0 to {limit}, not {ms}.")
+    return int(ms) // step
+
+
 def prepare_data(clip, config, options: TrainOptions, audio_norm=None):
     """Read a prepared clip into ``TrainingData``; returns (data, audio_norm)."""
     from .audio_features import AudioNorm, audio_windows
@@ -132,7 +149,7 @@ def prepare_data(clip, config, options: TrainOptions, audio_norm=None):
     if valid.sum() < 50:
         raise LipsyncError(f"{clip.path} has only {int(valid.sum())} usable frames; training needs at least 50 (2 s), and 1-5 minutes works best.")
     audio, rate = clip.audio()
-    raw = audio_windows(audio, n, clip.fps, columns=options.audio_columns)
+    raw = audio_windows(audio, n, clip.fps, columns=options.audio_columns, future=lookahead_columns(options))
     split = int(round(n * (1 - options.val_fraction)))
     train = np.flatnonzero(valid[:split])
     val = np.flatnonzero(valid[split:]) + split
@@ -251,7 +268,7 @@ def build_model(clip, data_vertices_train: np.ndarray, options: TrainOptions):
 
     size = clip.atlas_size
     crop, h, w = _crop_region(clip.regions(), size, options.texture_scale)
-    config = ModelConfig(columns=options.audio_columns, pca_components=options.pca_components, atlas_size=size,
+    config = ModelConfig(columns=options.audio_columns, lookahead=lookahead_columns(options), pca_components=options.pca_components, atlas_size=size,
                          crop=crop, tex_height=h, tex_width=w, tex_channels=options.tex_channels,
                          dropout=options.dropout, autoregressive=options.autoregressive)
     net = TalkingFaceModel(config)
@@ -347,6 +364,7 @@ def train(prepared: str | Path, out: str | Path, *, preset: str = "quick", optio
     if preset not in PRESETS:
         raise LipsyncError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
     options = options or PRESETS[preset]
+    lookahead_columns(options)  # a bad lookahead is refused before anything is written
     device = resolve_device(device)
     out = Path(out)
     clip = open_prepared(prepared)

@@ -189,9 +189,9 @@ def test_data_efficiency_study_trains_on_the_first_seconds_and_reports(tmp_path)
             "--max-test-clips", "1", "--metrics", "mouth_corr", "sharpness", "--out", str(out), "--quiet"]
     assert main(args) == 0
     doc = json.loads((out / "efficiency.json").read_text())
-    seconds = sorted(doc["seconds"].values())
+    seconds = sorted(doc["values"].values())
     assert len(seconds) == 2 and seconds[0] == 3.0 and 40 < seconds[1] < 50  # the training part: 80% of 57 s
-    for name in doc["seconds"]:
+    for name in doc["values"]:
         assert np.isfinite(doc["results"][name]["sharpness"]["value"])
     assert (out / "plots" / "data_efficiency.png").stat().st_size > 1000
     table = (out / "efficiency.md").read_text()
@@ -199,3 +199,34 @@ def test_data_efficiency_study_trains_on_the_first_seconds_and_reports(tmp_path)
     rows = list(csv.reader((out / "efficiency.csv").open()))
     assert rows[0][:4] == ["seconds", "mouth_corr", "mouth_corr_lo", "mouth_corr_hi"] and len(rows) == 3
     assert main(["--video", str(FIXTURES / "grid_s1_19clips.mp4"), "--train-seconds", "-5", "--out", str(tmp_path / "bad"), "--quiet"]) == 2
+
+
+def test_lookahead_study_refuses_bad_values_before_any_work(tmp_path, capsys):
+    from conftest import FIXTURES
+    from eval.run import main
+
+    video = str(FIXTURES / "grid_s1_19clips.mp4")
+    for bad in (["45"], ["240"], ["-10"]):
+        assert main(["--video", video, "--lookahead-ms", *bad, "--out", str(tmp_path / "bad"), "--quiet"]) == 2
+        assert "lookahead" in capsys.readouterr().err
+    assert main(["--video", video, "--lookahead-ms", "40", "--train-seconds", "20", "--out", str(tmp_path / "bad"), "--quiet"]) == 2
+    assert "choose one study" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+def test_lookahead_study_trains_one_model_per_lookahead_and_reports(tmp_path):
+    """``--lookahead-ms``: the default window is the main comparison's model, the others are trained
+    with their window; all measured on the same test clip, as a table, a CSV and a plot."""
+    from conftest import FIXTURES
+    from eval.run import main
+
+    out = tmp_path / "la"
+    assert main(["--video", str(FIXTURES / "grid_s1_19clips.mp4"), "--preset", "tiny", "--lookahead-ms", "110", "0",
+                 "--max-test-clips", "1", "--metrics", "lmd", "--out", str(out), "--quiet"]) == 0
+    doc = json.loads((out / "lookahead.json").read_text())
+    assert doc["values"] == {"lipsync3d_lookahead_110ms": 110.0, "lipsync3d_lookahead_0ms": 0.0}
+    assert "model-lipsync3d-" in doc["methods"]["lipsync3d_lookahead_110ms"]["model"]
+    assert "| 0 |" in (out / "lookahead.md").read_text() and (out / "plots" / "lookahead.png").stat().st_size > 1000
+    rows = list(csv.reader((out / "lookahead.csv").open()))
+    assert rows[0][:2] == ["lookahead_ms", "lmd"] and len(rows) == 3

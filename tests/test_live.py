@@ -32,10 +32,11 @@ def stream(model, target, audio, chunk, tmp_path, *, rate=16000, **kwargs):
     return session, frames
 
 
-def test_streamed_frames_equal_offline_synthesis(model, speech, prepared_grid, tmp_path, monkeypatch):
+def capture_offline_frames(monkeypatch) -> list:
+    """The frames offline synthesis makes, just before they would be encoded."""
     written = []
 
-    class Capture:  # the offline frames just before they are encoded
+    class Capture:
         def __init__(self, *args, **kwargs):
             pass
 
@@ -48,10 +49,15 @@ def test_streamed_frames_equal_offline_synthesis(model, speech, prepared_grid, t
         def abort(self):
             pass
 
+    monkeypatch.setattr(composite, "VideoWriter", Capture)
+    return written
+
+
+def test_streamed_frames_equal_offline_synthesis(model, speech, prepared_grid, tmp_path, monkeypatch):
+    written = capture_offline_frames(monkeypatch)
     import soundfile as sf
 
     sf.write(tmp_path / "speech.wav", speech, 16000)
-    monkeypatch.setattr(composite, "VideoWriter", Capture)
     model.synthesize(out=tmp_path / "offline.mp4", audio=tmp_path / "speech.wav", target=prepared_grid.path,
                      renderer="gl")
     heard = load_audio(tmp_path / "speech.wav")  # what offline synthesis reads: 16-bit samples
@@ -127,3 +133,32 @@ def test_a_missing_target_is_one_sentence_and_leaves_no_temporary_folder(model, 
     with pytest.raises(LipsyncError):
         model.live(tmp_path / "nowhere.mp4", renderer="gl")
     assert set(Path(tempfile.gettempdir()).glob("lipsync-live-*")) == before
+
+
+def test_a_shorter_lookahead_streams_like_offline_and_waits_less(model, speech, prepared_grid, tmp_path, monkeypatch):
+    """A model whose audio window ends 40 ms past the frame's centre (``lookahead_ms=40``): offline
+    synthesis and the live session cut the same windows, and the live session needs 70 ms less
+    audio ahead of each frame than with the centred window."""
+    import copy
+
+    from lipsync.audio_features import window_offsets
+
+    short = copy.copy(model)
+    short.net = copy.deepcopy(model.net)
+    short.net.config.lookahead = 4
+    assert list(window_offsets(24, 4)[[0, -1]]) == [-19, 4]
+    written = capture_offline_frames(monkeypatch)
+    import soundfile as sf
+
+    sf.write(tmp_path / "speech.wav", speech[:16000], 16000)
+    short.synthesize(out=tmp_path / "offline.mp4", audio=tmp_path / "speech.wav", target=prepared_grid.path, renderer="gl")
+    heard = load_audio(tmp_path / "speech.wav")
+    session, frames = stream(short, prepared_grid.path, heard, 320, tmp_path / "live")
+    centred = model.live(prepared_grid.path, workdir=tmp_path / "c", renderer="gl")
+    assert session.lookahead_s == pytest.approx(centred.lookahead_s - 0.07)
+    centred.close()
+    assert len(frames) == len(written) == 25
+    assert max(np.abs(f.image.astype(int) - w.astype(int)).max() for f, w in zip(frames, written)) <= 2
+    # and it is a different model: the window moved, so the frames differ from the centred model's
+    _, same_audio = stream(model, prepared_grid.path, heard, 320, tmp_path / "centred")
+    assert max(np.abs(a.image.astype(int) - b.image.astype(int)).max() for a, b in zip(frames, same_audio)) > 2

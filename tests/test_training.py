@@ -269,6 +269,48 @@ def test_a_wider_audio_window_is_used_in_training_and_in_synthesis(prepared_grid
     assert verts.shape[0] == 25 and np.isfinite(crops).all()
 
 
+def test_the_audio_lookahead_option_moves_the_window_and_is_checked_before_anything_is_written(prepared_grid, tmp_path,
+                                                                                            monkeypatch):
+    """``lookahead_ms=40``: every training window ends 4 columns past its frame's centre (known
+    truth: windows cut from a spectrogram whose columns hold their own index), the model records
+    it; a lookahead that is not a multiple of 10 ms, or longer than the window, writes nothing."""
+    import subprocess
+    import sys
+    from dataclasses import replace
+
+    import lipsync.audio_features as features
+    from conftest import ROOT
+    from lipsync.audio_features import centre_column
+
+    seen = {}
+    real = features.audio_windows
+
+    def spy(audio, n, fps, *, columns, future):
+        seen["future"] = future
+        spec = np.tile(np.arange(2000, dtype=np.float32), (80, 1))
+        from lipsync.audio_features import frame_windows
+
+        seen["windows"] = frame_windows(spec, n, fps, columns=columns, future=future)
+        return real(audio, n, fps, columns=columns, future=future)
+
+    monkeypatch.setattr(features, "audio_windows", spy)
+    opts = TrainOptions(steps=10, batch=8, val_every=10, tex_channels=16, pca_components=8, lookahead_ms=40)
+    train(prepared_grid.path, tmp_path / "short", options=opts)
+    assert seen["future"] == 4
+    w = seen["windows"]
+    centres = centre_column(np.arange(len(w)), 25.0)
+    assert np.array_equal(w[60:, 0, -1], centres[60:] + 4) and np.array_equal(w[60:, 0, 0], centres[60:] - 19)
+    assert load_model(tmp_path / "short").net.config.lookahead == 4
+    for bad in (45, 240, -10):
+        with pytest.raises(LipsyncError, match="lookahead"):
+            train(prepared_grid.path, tmp_path / f"bad{bad}", options=replace(opts, lookahead_ms=bad))
+        assert not (tmp_path / f"bad{bad}").exists()
+    r = subprocess.run([sys.executable, "-m", "lipsync", "train", str(prepared_grid.path), "--out", str(tmp_path / "cli"),
+                        "--lookahead-ms", "35"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 2 and "multiple of 10 ms" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "cli").exists()
+
+
 def test_training_keeps_the_best_validated_weights_and_stops_when_validation_stalls(prepared_grid, tmp_path, monkeypatch):
     """Known truth: validation losses are scripted (3, 1, 2, 4, ...); the weights at the second
     validation are kept, and with a patience of 2 training ends at the fourth."""

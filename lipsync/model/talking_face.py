@@ -30,6 +30,8 @@ class ModelConfig:
     """
     n_mels: int = 80
     columns: int = 24
+    # spectrogram columns (10 ms each) of the audio window after the frame's centre; None: centred
+    lookahead: int | None = None
     latent: int = 32
     audio_width: int = 64
     dropout: float = 0.1

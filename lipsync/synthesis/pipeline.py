@@ -85,7 +85,8 @@ def predict(model, audio: np.ndarray, fps: float):
     n = frames_for_audio(len(audio), fps)
     if n < 1:
         raise LipsyncError(f"the audio is shorter than one video frame ({len(audio) / 16000 * 1000:.0f} ms); give at least {1000 / fps:.0f} ms of speech.")
-    windows = model.audio_norm.apply(audio_windows(audio, n, fps, columns=model.net.config.columns))[:, None]
+    windows = model.audio_norm.apply(audio_windows(audio, n, fps, columns=model.net.config.columns,
+                                                             future=model.net.config.lookahead))[:, None]
     with torch.no_grad():
         verts, crops = model.net.rollout(torch.from_numpy(windows))
     return verts.numpy(), crops.permute(0, 2, 3, 1).numpy()

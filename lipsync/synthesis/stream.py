@@ -8,8 +8,9 @@ recomputed:
 
 - the log-mel spectrogram grows a column (10 ms) at a time, each column computed alone, so the
   result does not depend on how the audio was cut into chunks;
-- frame t needs the spectrogram 110 ms (plus half an FFT window) past its centre, the model's
-  audio window; the mouth bank's blend weights are mixed with the next frame's, one frame more
+- frame t needs the spectrogram its model's lookahead (110 ms for a centred window, less for a
+  model trained with ``lookahead_ms``) plus half an FFT window past its centre, the model's audio
+  window; the mouth bank's blend weights are mixed with the next frame's, one frame more
   (``lookahead_s`` is the sum);
 - the geometry and the guarded auto-regressive texture run one frame at a time
   (``TalkingFaceModel.texture_step``, the offline loop's own step);
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio_features import HOP, LOG_FLOOR, N_FFT, SAMPLE_RATE, centre_column, log_mel_columns
+from ..audio_features import HOP, LOG_FLOOR, N_FFT, SAMPLE_RATE, centre_column, log_mel_columns, window_offsets
 from ..common import LipsyncError
 from .composite import FrameCompositor, assemble_atlas, blend_mask
 from .schedule import ping_pong_at
@@ -117,23 +118,17 @@ class StreamingLogMel:
             self._base += keep
 
 
-class LiveSession:
-    """One live stream of a model into a target (the training video by default): ``push`` audio,
-    get ``LiveFrame``s. Not thread-safe: one caller feeds it. Memory stays bounded however long
-    the stream runs (only the audio and spectrogram columns of frames still to come are kept)."""
+class LiveTarget:
+    """A target made ready once for any number of live sessions of one model: prepared (tracked,
+    posed, lit) and its usable frames held in memory. Sessions share it; ``close`` frees it."""
 
-    def __init__(self, model, target: str | Path | None = None, *, workdir: str | Path | None = None,
-                 renderer: str = "auto", mouth_bank: bool = True, progress=None):
+    def __init__(self, model, target: str | Path | None = None, *, workdir: str | Path | None = None, progress=None):
         """``target``: as for ``synthesize`` (None: the training video); ``workdir``: where the
         target is prepared and its frames kept (a temporary folder, removed by ``close``, if None)."""
+        import shutil
         import tempfile
 
-        import torch
-
-        from ..model.mouth_bank import TEMPORAL_SIGMA
-
         self.model = model
-        model.net.eval()
         self._own_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="lipsync-live-") if workdir is None else workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -145,13 +140,48 @@ class LiveSession:
                 raise LipsyncError(f"no frame of the target {self.target.source} has a usable face; give another target.")
             self.frames = self.target.read_frames(int(usable.max()) + 1, self.workdir)
             self.usable = usable[usable < len(self.frames)]
-            relight = bool(model.config.get("training", {}).get("options", {}).get("lighting_norm", True))
-            self.compositor = FrameCompositor(model.speaker, self.target, renderer=renderer, relight=relight)
         except BaseException:
             if self._own_workdir:
-                import shutil
-
                 shutil.rmtree(self.workdir, ignore_errors=True)
+            raise
+        self.relight = bool(model.config.get("training", {}).get("options", {}).get("lighting_norm", True))
+        self.size = (int(self.frames[0].shape[1]), int(self.frames[0].shape[0]))  # (width, height)
+
+    def close(self) -> None:
+        """Remove a temporary work folder (sessions still running keep the frames they hold)."""
+        if self._own_workdir:
+            import shutil
+
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class LiveSession:
+    """One live stream of a model into a target (the training video by default): ``push`` audio,
+    get ``LiveFrame``s. Not thread-safe: one caller feeds it. Memory stays bounded however long
+    the stream runs (only the audio and spectrogram columns of frames still to come are kept)."""
+
+    def __init__(self, model, target: "str | Path | LiveTarget | None" = None, *, workdir: str | Path | None = None,
+                 renderer: str = "auto", mouth_bank: bool = True, progress=None):
+        """``target``: a ``LiveTarget`` shared with other sessions, or as for ``synthesize`` (None:
+        the training video), then prepared for this session alone in ``workdir`` (a temporary
+        folder, removed by ``close``, if None)."""
+        import torch
+
+        from ..model.mouth_bank import TEMPORAL_SIGMA
+
+        self.model = model
+        model.net.eval()
+        self._own_target = not isinstance(target, LiveTarget)
+        live = LiveTarget(model, target, workdir=workdir, progress=progress) if self._own_target else target
+        if live.model is not model:
+            raise LipsyncError("this live target was made ready for another model; make one for this model.")
+        try:
+            self.live_target, self.target, self.fps = live, live.target, live.fps
+            self.frames, self.usable = live.frames, live.usable
+            self.compositor = FrameCompositor(model.speaker, self.target, renderer=renderer, relight=live.relight)
+        except BaseException:
+            if self._own_target:
+                live.close()
             raise
         sp = model.speaker
         self.mask = blend_mask(sp, sp.reference_atlas.shape[0])
@@ -161,6 +191,7 @@ class LiveSession:
         self.sigma = TEMPORAL_SIGMA
         self.bank_radius = int(np.ceil(2 * TEMPORAL_SIGMA)) if self.bank is not None else 0
         self.columns = model.net.config.columns
+        self.offsets = window_offsets(self.columns, model.net.config.lookahead)  # window columns around a centre
         self.spec = StreamingLogMel()
         self._audio = np.zeros(0, np.float32)  # 16 kHz samples from _audio_base on
         self._audio_base = 0
@@ -182,7 +213,7 @@ class LiveSession:
         """Audio past a frame's start that must arrive before the frame can be made: the model's
         window (its columns past the frame's centre, plus half an FFT window) and the mouth
         bank's next frames."""
-        past_centre = (self.columns - 1 - self.columns // 2) * HOP / SAMPLE_RATE + (N_FFT // 2) / SAMPLE_RATE
+        past_centre = int(self.offsets[-1]) * HOP / SAMPLE_RATE + (N_FFT // 2) / SAMPLE_RATE
         return 0.5 / self.fps + past_centre + self.bank_radius / self.fps
 
     def push(self, samples, sample_rate: int = SAMPLE_RATE) -> list[LiveFrame]:
@@ -208,10 +239,8 @@ class LiveSession:
         if not self.closed:
             self.closed = True
             self.compositor.close()
-            if self._own_workdir:
-                import shutil
-
-                shutil.rmtree(self.workdir, ignore_errors=True)
+            if self._own_target:
+                self.live_target.close()
 
     def _resample(self, x: np.ndarray, rate: int, *, last: bool) -> np.ndarray:
         if rate <= 0:
@@ -240,7 +269,7 @@ class LiveSession:
 
     def _ready_frames(self) -> int:
         """Frames whose whole audio window is in the spectrogram."""
-        last = len(self.spec) - 1 - (self.columns - 1 - self.columns // 2)  # newest usable window centre
+        last = len(self.spec) - 1 - int(self.offsets[-1])  # newest usable window centre
         t = self.predicted
         while self._centre(t) <= last:
             t += 1
@@ -249,7 +278,7 @@ class LiveSession:
     def _window(self, t: int) -> np.ndarray:
         """Raw features of frame t (80, columns), cut as ``audio_features.frame_windows`` does: columns
         before the audio, and past its end once it has ended, are the silence floor."""
-        idx = self._centre(t) + np.arange(self.columns) - self.columns // 2
+        idx = self._centre(t) + self.offsets
         end = len(self.spec) if self.spec.finished else None
         silence = np.full(80, np.log(LOG_FLOOR), np.float32)
         return np.stack([self.spec.column(int(i)) if i >= 0 and (end is None or i < end) else silence for i in idx], 1)
@@ -268,7 +297,7 @@ class LiveSession:
                 self._rows.append(self.bank.weights(verts[None]))
             self._pending.append((verts, self._prev[0].permute(1, 2, 0).numpy()))
             self.predicted += 1
-            self.spec.forget_before(self._centre(t + 1) - self.columns // 2)
+            self.spec.forget_before(self._centre(t + 1) + int(self.offsets[0]))
         out = []
         while self._pending and (final or self.predicted > self.emitted + self.bank_radius):
             verts, crop = self._pending.pop(0)
