@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from . import __version__
 from .common import LipsyncError, Progress, setup_cache_env
@@ -152,7 +153,7 @@ def _cmd_serve(args) -> int:
     resolve = single_target(model, args.target, progress=_tqdm_progress(sys.stderr.isatty()))
     live = resolve.live_target
     service = LiveService(resolve, LiveOptions(max_sessions=args.max_sessions, renderer=args.renderer))
-    app = create_app(service)
+    app = create_app(service, note=f"Model {Path(args.model).name}, into {args.target or 'its training video'}.")
     print(f"live            http://{args.host}:{args.port}/live (browser page), ws://{args.host}:{args.port}{WS_PATH} "
           f"(protocol in the README), {live.size[0]}x{live.size[1]} at {live.fps:g} fps, "
           f"up to {args.max_sessions} sessions", file=sys.stderr)

@@ -11,8 +11,11 @@ client -> server
   1. text ``{"type": "start", "sample_rate": 48000, "format": "s16le"}``: audio format of the
      stream (``format``: ``s16le`` 16-bit or ``f32le`` 32-bit float little-endian mono samples;
      any rate from 8 to 192 kHz), optionally ``"quality"`` (JPEG quality 30-95, default 80) and,
-     where the server offers several, ``"model"`` and ``"target"`` (names from its listing).
+     where the server asks for one (the demo), ``"ticket"``: the ticket its page was given for the
+     visitor's model and target.
   2. binary messages: audio samples in that format, any number of samples each (up to 5 s).
+     Or text ``{"type": "say", "text": "..."}`` (up to 1000 characters): the server speaks it with
+     espeak-ng and streams that speech in real time, as if the client had sent it.
   3. text ``{"type": "end"}``: no more audio; the remaining frames follow, then ``end``.
 server -> client
   - text ``{"type": "ready", "protocol", "session", "fps", "width", "height", "lookahead_ms",
@@ -54,6 +57,8 @@ WS_PATH = "/live/ws"
 AUDIO_OUT_RATE = 16000
 FORMATS = {"s16le": ("<i2", 2), "f32le": ("<f4", 4)}
 MAX_CHUNK_S = 5.0
+MAX_SAY_CHARS = 1000
+SAY_LEAD_S = 0.2  # spoken text is fed this far ahead of real time, 20 ms at a time
 LATE_WARNING_S = 1.0  # a frame later than this past its audio warns once that the machine cannot keep up
 
 # WebSocket close codes (RFC 6455 and IANA): normal, unsupported data, policy, server error, try later
@@ -120,10 +125,10 @@ def parse_start(text: str) -> dict:
         raise ProtocolError("bad_request", f"format must be one of {', '.join(FORMATS)}, not {fmt!r}.")
     if not isinstance(quality, int) or isinstance(quality, bool) or not 30 <= quality <= 95:
         raise ProtocolError("bad_request", "quality must be a whole number from 30 to 95.")
-    for key in ("model", "target"):
-        if key in msg and not isinstance(msg[key], str):
-            raise ProtocolError("bad_request", f"{key} must be a name (a string).")
-    return {"sample_rate": rate, "format": fmt, "quality": quality, "model": msg.get("model"), "target": msg.get("target")}
+    ticket = msg.get("ticket")
+    if ticket is not None and (not isinstance(ticket, str) or len(ticket) > 200):
+        raise ProtocolError("bad_request", "ticket must be the string the page was given.")
+    return {"sample_rate": rate, "format": fmt, "quality": quality, "ticket": ticket}
 
 
 def parse_audio(data: bytes, fmt: str, rate: int) -> np.ndarray:
@@ -261,32 +266,65 @@ class LiveService:
                             "type": "warning", "message": f"this machine is too slow to keep up: frames arrive {latency:.1f} s "
                                                           "after their audio (none is dropped)."}))
 
+        async def feed(samples: np.ndarray, lead_s: float) -> None:
+            """One chunk of the stream's audio, read at most ``lead_s`` ahead of real time."""
+            nonlocal t0, received
+            if t0 is not None:
+                ahead = received / rate - (time.perf_counter() - t0) - lead_s
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+            now = time.perf_counter()
+            t0 = now if t0 is None else t0
+            arrivals.append((received, now))
+            received += len(samples)
+            await send(await loop.run_in_executor(worker, session.push, samples, rate))
+
         while True:
             if t0 is not None:  # pace a client that sends faster than real time
                 ahead = received / rate - (time.perf_counter() - t0) - self.options.max_ahead_s
                 if ahead > 0:
                     await asyncio.sleep(ahead)
             data = await self._receive(websocket)
-            now = time.perf_counter()
             if isinstance(data, str):
                 try:
                     msg = json.loads(data)
                 except ValueError:
                     msg = None
-                if not isinstance(msg, dict) or msg.get("type") != "end":
-                    raise ProtocolError("bad_request", 'after the start message, text messages must be {"type": "end"}.')
+                kind = msg.get("type") if isinstance(msg, dict) else None
+                if kind == "say":
+                    for piece in await loop.run_in_executor(worker, spoken, msg.get("text"), rate):
+                        await feed(piece, SAY_LEAD_S)
+                    continue
+                if kind != "end":
+                    raise ProtocolError("bad_request", 'after the start message, text messages must be {"type": "say", '
+                                                       '"text": ...} or {"type": "end"}.')
                 await send(await loop.run_in_executor(worker, session.finish))
                 await websocket.send_text(json.dumps({"type": "end", "frames": state["frames"], "audio_s": round(received / rate, 3),
                                                       "late_frames": state["late"]}))
                 await websocket.close(CLOSE_NORMAL)
                 return
             samples = parse_audio(data, fmt, rate)
-            if not len(samples):
-                continue
-            t0 = now if t0 is None else t0
-            arrivals.append((received, now))
-            received += len(samples)
-            await send(await loop.run_in_executor(worker, session.push, samples, rate))
+            if len(samples):
+                await feed(samples, float("inf"))
+
+
+def spoken(text, rate: int) -> list[np.ndarray]:
+    """``text`` spoken by espeak-ng, at ``rate``, in 20 ms pieces (16-bit samples)."""
+    import soxr
+
+    from .synthesis.speech import speech_stream
+
+    if not isinstance(text, str) or not text.strip() or len(text) > MAX_SAY_CHARS:
+        raise ProtocolError("bad_request", f"say needs text of 1 to {MAX_SAY_CHARS} characters.")
+    parts = [(x, r) for x, r in speech_stream(text, max_seconds=60)]
+    if not parts:
+        return []
+    x = np.concatenate([p for p, _ in parts]).astype(np.float32) / 32768.0
+    if parts[0][1] != rate:
+        x = soxr.resample(x, parts[0][1], rate)
+    pcm = np.clip(np.round(x * 32768.0), -32768, 32767).astype(np.int16)
+    step = max(1, rate // 50)
+    return [pcm[i:i + step] for i in range(0, len(pcm), step)]
 
 
 async def _send_error(websocket, code: str, message: str, close_code: int) -> None:
@@ -310,31 +348,62 @@ def single_target(model, target: str | None, *, progress=None) -> Resolver:
     return resolve
 
 
-def create_app(service: LiveService):
-    """A Starlette app with the WebSocket endpoint at ``WS_PATH``, the browser page at ``/live`` and
-    the service's status at ``/live/status``."""
-    from starlette.applications import Starlette
-    from starlette.responses import JSONResponse, RedirectResponse
-    from starlette.routing import Route, WebSocketRoute
+def live_panel_html(*, ticket: str | None = None, ticket_required: bool = False, note: str = "") -> str:
+    """The live panel's markup (``live.js`` drives it): buttons, the text box, the picture, the
+    measured latency and frame counts, and messages. ``ticket``: the demo's ticket for this page."""
+    import html
 
-    routes = [WebSocketRoute(WS_PATH, service.handle),
-              Route("/live/status", lambda request: JSONResponse(service.status())),
-              Route("/", lambda request: RedirectResponse("/live"))]
-    page = live_page_route()
-    if page is not None:
-        routes.append(page)
-    return Starlette(routes=routes)
+    data = f' data-ticket="{html.escape(ticket)}"' if ticket else ""
+    data += ' data-ticket-required="1"' if ticket_required else ""
+    return f"""<div id="live-panel" data-ws="{WS_PATH}" data-capture="/live/capture.js"{data}>
+<p id="live-note">{html.escape(note)}</p>
+<div style="display:flex;gap:0.5em;flex-wrap:wrap;align-items:center">
+<button id="live-mic" type="button">Start microphone</button>
+<input id="live-text" type="text" maxlength="{MAX_SAY_CHARS}" placeholder="or type a sentence" style="flex:1;min-width:12em">
+<button id="live-say" type="button">Speak it</button>
+<button id="live-stop" type="button" disabled>Stop</button>
+</div>
+<p id="live-message" data-kind="info" role="status"></p>
+<canvas id="live-canvas" width="512" height="512" style="max-width:100%;background:#222"></canvas>
+<p id="live-stats" data-frames="0"></p>
+</div>"""
 
 
-def live_page_route():
-    """``/live``: the browser page that streams the microphone to ``WS_PATH`` (if it is installed)."""
+LIVE_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>lipsync live</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<script src="/live/live.js" defer></script></head>
+<body style="font-family:sans-serif;max-width:60em;margin:1em auto">
+<h1>lipsync live</h1>
+{panel}
+</body></html>"""
+
+
+def asset_routes() -> list:
+    """``/live/live.js`` and ``/live/capture.js``: the page's scripts (served from this origin, so
+    a strict Content-Security-Policy allows them)."""
     from importlib.resources import files
 
-    from starlette.responses import HTMLResponse
+    from starlette.responses import Response
     from starlette.routing import Route
 
-    page = files("lipsync") / "assets" / "live.html"
-    if not page.is_file():
-        return None
-    html = page.read_text()
-    return Route("/live", lambda request: HTMLResponse(html))
+    assets = files("lipsync") / "assets"
+    scripts = {"/live/live.js": (assets / "live.js").read_text(), "/live/capture.js": (assets / "live_capture.js").read_text()}
+    return [Route(path, (lambda body: lambda request: Response(body, media_type="text/javascript"))(body))
+            for path, body in scripts.items()]
+
+
+def create_app(service: LiveService, *, note: str = ""):
+    """A Starlette app: the WebSocket endpoint at ``WS_PATH``, the browser page at ``/live``, its
+    scripts, and the service's status at ``/live/status``."""
+    from starlette.applications import Starlette
+    from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse
+    from starlette.routing import Route, WebSocketRoute
+
+    page = LIVE_PAGE.replace("{panel}", live_panel_html(note=note))
+    routes = [WebSocketRoute(WS_PATH, service.handle),
+              Route("/live/status", lambda request: JSONResponse(service.status())),
+              Route("/live", lambda request: HTMLResponse(page)),
+              Route("/", lambda request: RedirectResponse("/live")),
+              *asset_routes()]
+    return Starlette(routes=routes)

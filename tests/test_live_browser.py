@@ -1,0 +1,145 @@
+"""The live page in a real browser: Debian's Chromium with a fake microphone that plays a wav file
+(``--use-file-for-fake-audio-capture``) talks to ``lipsync serve`` on a loopback port. The frames
+it receives must move their mouth with the speech the page sent, in time, and the page must show
+the latency and the frame counts."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import CHROMIUM, CHROMIUM_ARGS, ROOT, free_port
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
+if not CHROMIUM.is_file():
+    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium); the browser tests need it", allow_module_level=True)
+
+EXAMPLE_MODEL = ROOT / "demo" / "assets" / "grid_s1_model"
+ARTIFACTS = ROOT / "test-artifacts" / "live"
+FAKE_MIC = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream", "--autoplay-policy=no-user-gesture-required"]
+
+
+@pytest.fixture(scope="module")
+def live_server(prepared_grid):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "lipsync", "serve", "--model", str(EXAMPLE_MODEL), "--target",
+                             str(prepared_grid.path), "--port", str(port), "--renderer", "gl"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(900):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/live/status", timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None, proc.communicate()[1][-2000:]
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def mouth_openings(images: list[np.ndarray]) -> np.ndarray:
+    """Inner-lip gap over eye distance of each frame, from MediaPipe landmarks (NaN: no face)."""
+    from lipsync.face_measures import face_measures
+    from lipsync.tracking import MediaPipeTracker
+
+    out = []
+    with MediaPipeTracker(max_faces=1) as tracker:
+        for img in images:
+            faces = tracker(img)
+            out.append(face_measures(faces[0][None])["mouth"][0] if faces else np.nan)
+    return np.array(out)
+
+
+def test_speaking_into_the_fake_microphone_moves_the_mouth_in_time(live_server, grid_clip, tmp_path):
+    import soundfile as sf
+
+    from lipsync.media import load_audio
+
+    speech = load_audio(grid_clip)[:16000 * 3]
+    wav = tmp_path / "mic.wav"
+    sf.write(wav, speech, 16000, subtype="PCM_16")
+    sent, received, starts = [], [], []
+
+    def on_socket(ws):
+        def on_sent(payload):
+            if isinstance(payload, (bytes, bytearray)):
+                sent.append(bytes(payload))
+            else:
+                starts.append(json.loads(payload))
+        ws.on("framesent", on_sent)
+        ws.on("framereceived", lambda payload: received.append(payload) if isinstance(payload, (bytes, bytearray)) else None)
+
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                    args=CHROMIUM_ARGS + FAKE_MIC + [f"--use-file-for-fake-audio-capture={wav}%noloop"])
+        page = browser.new_page()
+        page.on("websocket", on_socket)
+        page.goto(f"{live_server}/live")
+        page.click("#live-mic")
+        page.wait_for_function("Number(document.getElementById('live-stats').dataset.frames) >= 70", timeout=60000)
+        stats = page.locator("#live-stats").inner_text()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "live_page.png"))
+        p50 = float(page.locator("#live-stats").get_attribute("data-latency-p50"))
+        page.click("#live-stop")
+        page.wait_for_function("document.getElementById('live-message').textContent.startsWith('Finished')", timeout=30000)
+        message = page.locator("#live-message").inner_text()
+        browser.close()
+    assert "latency (speech to picture)" in stats and "model lookahead" in stats and 0 < p50 < 3000, stats
+    assert "none dropped" in message, message
+    rate = starts[0]["sample_rate"]
+    audio = np.frombuffer(b"".join(sent), "<f4")
+    from lipsync.live_server import unpack_frame
+
+    frames = [unpack_frame(m) for m in received]
+    assert [h["index"] for h, _, _ in frames] == list(range(len(frames)))
+    n = min(len(frames), int(len(audio) / rate * 25))
+    images = [cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1] for _, j, _ in frames[:n]]
+    opening = mouth_openings(images)
+    spf = rate / 25
+    env = np.array([np.sqrt(np.mean(audio[int(i * spf):int((i + 1) * spf)] ** 2)) for i in range(n)])
+    env = np.log(env + 1e-4)
+    ok = np.isfinite(opening)
+    assert ok.mean() > 0.9
+    lags = range(-4, 5)
+
+    def corr(lag):
+        a, b = opening[max(0, lag):n + min(0, lag)], env[max(0, -lag):n - max(0, lag)]
+        m = np.isfinite(a)
+        return float(np.corrcoef(a[m], b[m])[0, 1])
+
+    scores = {lag: corr(lag) for lag in lags}
+    best = max(scores, key=scores.get)
+    print("correlation of mouth opening with the speech envelope by lag (frames):", scores, stats)
+    assert abs(best) <= 2 and scores[best] > 0.3, scores
+
+
+def test_typed_text_is_spoken_live_and_a_refused_microphone_is_one_clear_message(live_server):
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS + FAKE_MIC)
+        page = browser.new_page()
+        page.goto(f"{live_server}/live")
+        page.fill("#live-text", "Bin blue at F two now.")
+        page.click("#live-say")
+        page.wait_for_function("document.getElementById('live-message').textContent.startsWith('Finished')", timeout=60000)
+        frames = int(page.locator("#live-stats").get_attribute("data-frames"))
+        assert frames > 20 and "none dropped" in page.locator("#live-message").inner_text()
+        browser.close()
+        # no fake UI: the browser refuses the microphone, and the page says so in one sentence
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                    args=CHROMIUM_ARGS + ["--use-fake-device-for-media-stream"])
+        page = browser.new_page()
+        page.goto(f"{live_server}/live")
+        page.click("#live-mic")
+        page.wait_for_function("document.getElementById('live-message').dataset.kind === 'error'", timeout=30000)
+        text = page.locator("#live-message").inner_text()
+        assert text.startswith("No microphone: the browser did not allow it") and "Allow the microphone" in text, text
+        browser.close()
