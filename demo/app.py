@@ -7,7 +7,7 @@ from functools import partial
 
 import gradio as gr
 
-from . import compare, handlers, jobs
+from . import compare, handlers, jobs, live
 from .config import EXAMPLE_TEXT, DemoConfig, default_config
 from .web import session_token
 
@@ -17,6 +17,7 @@ CSS = """
 #intro p { margin: 0.2em 0; }
 """
 HEAVY = {"concurrency_limit": 1, "concurrency_id": "heavy"}
+LIVE_SCRIPT = '<script src="/live/live.js" defer></script>'  # the Live tab's client (lipsync.live_server)
 
 INTRO = """# lipsync: your own audio-driven 3D talking face
 From one video of a person talking: track a 3D face mesh, normalize pose and lighting, train a
@@ -34,8 +35,10 @@ def launch_kwargs(cfg: DemoConfig) -> dict:
 
     return {"allowed_paths": [str(cfg.root / "sessions"), str(cfg.root / "example")],
             "max_file_size": int(cfg.limits.video_mb * 1e6), "css": CSS, "show_error": True, "ssr_mode": False,
+            "head": LIVE_SCRIPT,
             "app_kwargs": {"middleware": [Middleware(DemoSecurity, secure_cookies=cfg.secure_cookies,
-                                                     session_days=jobs.SESSION_MAX_AGE_DAYS)]}}
+                                                     session_days=jobs.SESSION_MAX_AGE_DAYS)],
+                           "routes": live.live_routes(cfg)}}
 
 
 def build_app(cfg: DemoConfig | None = None) -> gr.Blocks:
@@ -140,6 +143,15 @@ def build_app(cfg: DemoConfig | None = None) -> gr.Blocks:
                 cmp_files = gr.File(label="Downloads: grid, test clip, each method's video", file_count="multiple",
                                     interactive=False)
 
+            with gr.Tab("Live", id="live", elem_id="tab-live"):
+                gr.Markdown("Talk to the selected speaker's model: it answers with the speaker's face, live, as you "
+                            "speak into the microphone (or as the offline TTS speaks what you type). The browser "
+                            "asks for the microphone the first time; the page shows the latency from your speech "
+                            f"to the picture and the frames received. At most {cfg.limits.live_sessions} live "
+                            "streams run at once on this machine.")
+                live_ready = gr.Button("Get ready", variant="primary", elem_id="live-ready")
+                live_panel = gr.HTML(live.idle_panel(), elem_id="live-html")
+
         # wiring
         overview = [sp_summary, pv_mesh, pv_raw, pv_norm, pv_pose, pv_light]
         training = [curve, train_status]
@@ -169,6 +181,7 @@ def build_app(cfg: DemoConfig | None = None) -> gr.Blocks:
         drive_btn.click(bind(handlers.synthesize_speech),
                         inputs=[session, model, source, audio, text, target_kind, target],
                         outputs=[out_video, out_mesh, out_files, out_status], **HEAVY, api_name="synthesize")
+        live_ready.click(bind(live.get_ready), inputs=[session, model], outputs=[live_panel], **HEAVY, api_name="live")
         cmp_btn.click(bind(compare.run_comparison),
                       inputs=[session, model, baselines, cmp_mode, cmp_audio, cmp_text, external, base_preset],
                       outputs=[grid, table, cmp_notes, cmp_files], **HEAVY, api_name="compare")

@@ -27,6 +27,7 @@ class Limits:
     audio_mb: float = 50.0
     audio_s: float = 60.0         # driving speech
     text_chars: int = 500         # text for the offline TTS (about 30 s of speech)
+    live_sessions: int = 2        # live streams at once (each keeps about one CPU core busy)
 
     def describe(self) -> str:
         return (f"Training video: up to {self.video_mb:.0f} MB and {self.video_s / 60:.0f} min. "

@@ -130,3 +130,40 @@ def test_video_without_a_face_shows_the_error(page, tmp_path):
     finally:
         _shot(page, "03-no-face-error")
     assert "Traceback" not in page.content()
+
+
+def test_live_tab_streams_the_fake_microphone_through_the_shipped_model(browser, server, tmp_path, grid_clip):
+    """After the example (its result is cached, so a new visitor starts on the example speaker):
+    Live -> Get ready -> Start microphone, in a Chromium whose fake microphone plays a wav. Frames
+    arrive over the demo's own host and port, within its Content-Security-Policy."""
+    import soundfile as sf
+
+    from conftest import CHROMIUM_ARGS as ARGS
+    from lipsync.media import load_audio
+
+    wav = tmp_path / "mic.wav"
+    sf.write(wav, load_audio(grid_clip)[:48000], 16000, subtype="PCM_16")
+    fake_mic = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={wav}%noloop"]
+    b = browser.browser_type.launch(executable_path=str(CHROMIUM), args=ARGS + fake_mic, headless=True)
+    try:
+        pg = b.new_page(viewport={"width": 1280, "height": 1000})
+        blocked: list[str] = []
+        pg.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
+        pg.goto(server)
+        pg.wait_for_selector("#run-example", timeout=60_000)
+        pg.get_by_role("tab", name="Live").click()
+        pg.click("#live-ready")
+        try:
+            pg.wait_for_selector("#live-panel[data-ticket]", timeout=120_000)
+            pg.click("#live-mic")
+            pg.wait_for_function("Number(document.getElementById('live-stats').dataset.frames) >= 40", timeout=60_000)
+        finally:
+            _shot(pg, "05-live")
+        stats = pg.locator("#live-stats").inner_text()
+        pg.click("#live-stop")
+        pg.wait_for_function("document.getElementById('live-message').textContent.startsWith('Finished')", timeout=30_000)
+    finally:
+        b.close()
+    assert "latency (speech to picture)" in stats, stats
+    assert not blocked, blocked
