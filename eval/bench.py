@@ -3,7 +3,7 @@
     python -m eval.bench preprocess VIDEO [--repeat N]
     python -m eval.bench train PREPARED_DIR [--preset quick]
     python -m eval.bench synthesize --model MODEL_DIR --audio FILE [--target VIDEO]
-    python -m eval.bench stream --model MODEL_DIR --audio FILE [--target VIDEO] [--chunk-ms 20]
+    python -m eval.bench stream --model MODEL_DIR --audio FILE [--target VIDEO] [--chunk-ms 20] [--sessions N]
 
 ``preprocess`` reports frames per second for each stage and overall; ``train`` the seconds until
 the preset's final validation loss is first reached (within 2%) and in all; ``synthesize`` output
@@ -140,55 +140,98 @@ def bench_synthesize(model_dir: str, audio: str, *, target: str | None = None, r
             "peak_memory": _peak_mib(), "machine": _machine()}
 
 
-def bench_stream(model_dir: str, audio: str, *, target: str | None = None, renderer: str = "auto",
-                 chunk_ms: float = 20.0, realtime: bool = True) -> dict:
-    """Feed ``audio`` to a ``LiveSession`` in ``chunk_ms`` chunks, each at the moment it would arrive
-    from a live source (``realtime``; else as fast as the session takes them)."""
-    import numpy as np
-
-    from lipsync.media import load_audio
-    from lipsync.model_io import load_model
-
-    model = load_model(model_dir)
-    speech = load_audio(audio)
-    t_prep = time.perf_counter()
-    session = model.live(target, renderer=renderer)
-    prepare_s = time.perf_counter() - t_prep
+def _feed_stream(session, speech, *, chunk_ms: float, realtime: bool, encode: bool) -> dict:
+    """One live stream: ``speech`` pushed in ``chunk_ms`` chunks, each at the moment it would arrive
+    (``realtime``); per-chunk latencies and per-frame compute times in seconds."""
     step = max(1, int(round(chunk_ms / 1000 * 16000)))
     arrivals, ready, completed_by = [], {}, {}
+    if encode:
+        from lipsync.live_server import encode_frame
+
+    def take(frames, due):
+        for f in frames:
+            if encode:
+                encode_frame(f, 80)
+            ready[f.index], completed_by[f.index] = time.perf_counter() if encode else f.ready_s, due
+
     start = time.perf_counter()
     try:
-        for c, i in enumerate(range(0, len(speech), step)):
+        for i in range(0, len(speech), step):
             chunk = speech[i:i + step]
             due = start + (i + len(chunk)) / 16000 if realtime else time.perf_counter()  # its last sample is in
             now = time.perf_counter()
             if now < due:
                 time.sleep(due - now)
             arrivals.append((i, due))
-            for f in session.push(chunk):
-                ready[f.index], completed_by[f.index] = f.ready_s, due
+            take(session.push(chunk), due)
         end_due = start + len(speech) / 16000 if realtime else time.perf_counter()
-        for f in session.finish():
-            ready[f.index], completed_by[f.index] = f.ready_s, max(end_due, time.perf_counter() - 1e-9)
+        take(session.finish(), max(end_due, time.perf_counter() - 1e-9))
         wall = time.perf_counter() - start
     finally:
         session.close()
-    fps = session.fps
-    latency, compute = [], []
+    latency = []
     for first, due in arrivals:
-        t = int(first / 16000 * fps)  # the frame that shows the chunk's first sample
+        t = int(first / 16000 * session.fps)  # the frame that shows the chunk's first sample
         if t in ready:
             latency.append(ready[t] - due)
-    compute = [ready[t] - completed_by[t] for t in ready]
+    return {"latency": latency, "compute": [ready[t] - completed_by[t] for t in ready], "frames": len(ready), "wall": wall}
+
+
+def bench_stream(model_dir: str, audio: str, *, target: str | None = None, renderer: str = "auto",
+                 chunk_ms: float = 20.0, realtime: bool = True, sessions: int = 1) -> dict:
+    """Feed ``audio`` to ``sessions`` concurrent ``LiveSession``s sharing one prepared target (as
+    ``lipsync serve`` does), each in its own thread, in ``chunk_ms`` chunks at the moment they would
+    arrive from a live source (``realtime``; else as fast as a session takes them). With more than
+    one session each frame is also encoded as JPEG, as the server sends it."""
+    import threading
+
+    import numpy as np
+
+    from lipsync.common import LipsyncError
+    from lipsync.media import load_audio
+    from lipsync.model_io import load_model
+    from lipsync.synthesis import LiveTarget
+
+    if sessions < 1:
+        raise LipsyncError("--sessions must be at least 1.")
+    model = load_model(model_dir)
+    speech = load_audio(audio)
+    t_prep = time.perf_counter()
+    live = LiveTarget(model, target)
+    prepare_s = time.perf_counter() - t_prep
+    results, errors = [None] * sessions, []
+    try:
+        made = [model.live(live, renderer=renderer) for _ in range(sessions)]
+
+        def run(k):
+            try:
+                results[k] = _feed_stream(made[k], speech, chunk_ms=chunk_ms, realtime=realtime, encode=sessions > 1)
+            except Exception as err:  # noqa: BLE001 - reported below
+                errors.append(err)
+
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(sessions)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        live.close()
+    if errors:
+        raise errors[0]
+    fps = made[0].fps
     pct = lambda v: {"p50": round(1000 * float(np.percentile(v, 50)), 1),  # noqa: E731
                      "p95": round(1000 * float(np.percentile(v, 95)), 1), "max": round(1000 * float(np.max(v)), 1)}
-    frames = len(ready)
-    return {"benchmark": "stream", "model": str(model_dir), "audio": str(audio), "target": str(session.target.source),
-            "resolution": f"{session.target.width}x{session.target.height}", "fps_video": fps, "frames": frames,
-            "chunk_ms": chunk_ms, "realtime": realtime, "lookahead_ms": round(1000 * session.lookahead_s, 1),
-            "latency_ms": pct(latency), "compute_ms": pct(compute), "prepare_s": round(prepare_s, 2),
-            "wall_s": round(wall, 2), "audio_s": round(len(speech) / 16000, 2),
-            "sustained_frames_per_s": round(frames / wall, 1), "peak_memory": _peak_mib(), "machine": _machine()}
+    per_session = [round(r["frames"] / r["wall"], 1) for r in results]
+    out = {"benchmark": "stream", "model": str(model_dir), "audio": str(audio), "target": str(live.target.source),
+           "resolution": f"{live.target.width}x{live.target.height}", "fps_video": fps, "frames": results[0]["frames"],
+           "chunk_ms": chunk_ms, "realtime": realtime, "sessions": sessions, "jpeg": sessions > 1,
+           "lookahead_ms": round(1000 * made[0].lookahead_s, 1),
+           "latency_ms": pct(sum((r["latency"] for r in results), [])),
+           "compute_ms": pct(sum((r["compute"] for r in results), [])), "prepare_s": round(prepare_s, 2),
+           "wall_s": round(max(r["wall"] for r in results), 2), "audio_s": round(len(speech) / 16000, 2),
+           "sustained_frames_per_s": min(per_session), "sessions_frames_per_s": per_session,
+           "peak_memory": _peak_mib(), "machine": _machine()}
+    return out
 
 
 def _print_stream(r: dict) -> None:
@@ -196,10 +239,13 @@ def _print_stream(r: dict) -> None:
     print(f"stream {r['frames']} frames at {r['resolution']} ({r['fps_video']:g} fps video), {r['chunk_ms']:g} ms chunks"
           f"{' in real time' if r['realtime'] else ' as fast as possible'}, audio {r['audio']} ({r['audio_s']} s), "
           f"target {r['target']} (prepared in {r['prepare_s']} s)")
+    if r["sessions"] > 1:
+        print(f"{r['sessions']} concurrent sessions sharing the target, each frame also encoded as JPEG")
     print(f"latency from a chunk's arrival to the first frame showing it, ms: p50 {lat['p50']}  p95 {lat['p95']}  max {lat['max']}")
     print(f"  of which the model's lookahead is {r['lookahead_ms']} ms past a frame's start; computing a frame once its "
           f"audio is in, ms: p50 {comp['p50']}  p95 {comp['p95']}  max {comp['max']}")
-    print(f"sustained {r['sustained_frames_per_s']} frames/s over {r['wall_s']} s")
+    print(f"sustained {r['sustained_frames_per_s']} frames/s over {r['wall_s']} s"
+          + (f" (the slowest session; each: {', '.join(map(str, r['sessions_frames_per_s']))})" if r["sessions"] > 1 else ""))
     _print_memory(r)
 
 
@@ -290,6 +336,7 @@ def main(argv=None) -> int:
         p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--chunk-ms", type=float, default=20.0)
     p.add_argument("--as-fast-as-possible", action="store_true", help="do not wait for each chunk's real arrival time")
+    p.add_argument("--sessions", type=int, default=1, help="concurrent live sessions (each frame then also encoded as JPEG)")
     p = sub.add_parser("study", help="load-test the human-study server: simulated raters answer concurrently",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--study", default=None, help="a study file (default: a synthetic study made with ffmpeg)")
@@ -311,7 +358,7 @@ def main(argv=None) -> int:
             _print_synthesize(result)
         elif args.what == "stream":
             result = bench_stream(args.model, args.audio, target=args.target, renderer=args.renderer,
-                                  chunk_ms=args.chunk_ms, realtime=not args.as_fast_as_possible)
+                                  chunk_ms=args.chunk_ms, realtime=not args.as_fast_as_possible, sessions=args.sessions)
             _print_stream(result)
         else:
             from human_study.loadtest import bench_study

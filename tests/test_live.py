@@ -162,3 +162,17 @@ def test_a_shorter_lookahead_streams_like_offline_and_waits_less(model, speech, 
     # and it is a different model: the window moved, so the frames differ from the centred model's
     _, same_audio = stream(model, prepared_grid.path, heard, 320, tmp_path / "centred")
     assert max(np.abs(a.image.astype(int) - b.image.astype(int)).max() for a, b in zip(frames, same_audio)) > 2
+
+
+def test_stream_benchmark_runs_concurrent_sessions_on_one_target(tmp_path, grid_clip):
+    """``eval.bench stream --sessions 2``: two live sessions share the prepared target, each
+    reports its frames; the latency and compute figures are there."""
+    import soundfile as sf
+
+    from eval.bench import bench_stream
+
+    sf.write(tmp_path / "speech.wav", load_audio(grid_clip)[:8000], 16000)
+    r = bench_stream(str(EXAMPLE_MODEL), str(tmp_path / "speech.wav"), target=str(grid_clip), renderer="gl",
+                     realtime=False, sessions=2)
+    assert r["sessions"] == 2 and r["frames"] == 12 and len(r["sessions_frames_per_s"]) == 2 and r["jpeg"]
+    assert r["latency_ms"]["p95"] >= r["latency_ms"]["p50"] > -1 and r["sustained_frames_per_s"] > 0
