@@ -75,10 +75,10 @@ def live_routes(cfg: DemoConfig) -> list:
     """The live endpoints mounted on the demo's app (same host and port as the page)."""
     from starlette.routing import WebSocketRoute
 
-    from lipsync.live_server import WS_PATH, LiveOptions, LiveService, asset_routes
+    from lipsync.live_server import WS_PATH, LiveOptions, LiveService, asset_routes, webrtc_routes
 
     service = LiveService(DESK.resolve, LiveOptions(max_sessions=cfg.limits.live_sessions))
-    return [WebSocketRoute(WS_PATH, service.handle), *asset_routes()]
+    return [WebSocketRoute(WS_PATH, service.handle), *webrtc_routes(service), *asset_routes()]
 
 
 def idle_panel() -> str:

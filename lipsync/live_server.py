@@ -65,6 +65,26 @@ LATE_WARNING_S = 1.0  # a frame later than this past its audio warns once that t
 CLOSE_NORMAL, CLOSE_DATA, CLOSE_POLICY, CLOSE_ERROR, CLOSE_BUSY = 1000, 1003, 1008, 1011, 1013
 
 
+class ArrivalClock:
+    """When each chunk of a stream's audio arrived, for the latency of its frames: from the arrival
+    of the chunk that holds a frame's first sample to ``now`` (the frame being sent)."""
+
+    def __init__(self, rate: float, fps: float):
+        self.spf = rate / fps
+        self.chunks: list[tuple[int, float]] = []  # (samples received before the chunk, its arrival time)
+        self.received = 0
+
+    def arrived(self, samples: int, at: float) -> None:
+        self.chunks.append((self.received, at))
+        self.received += samples
+
+    def latency(self, index: int, now: float) -> float:
+        first = int(index * self.spf)
+        while len(self.chunks) > 1 and self.chunks[1][0] <= first:  # frames come in order
+            self.chunks.pop(0)
+        return now - self.chunks[0][1] if self.chunks and self.chunks[0][0] <= first else 0.0
+
+
 class ProtocolError(LipsyncError):
     """A client broke the protocol; ``code`` is the error's ``code`` field."""
 
@@ -239,49 +259,37 @@ class LiveService:
     async def _stream(self, websocket, session, settings: dict, worker, sid: str) -> None:
         loop = asyncio.get_running_loop()
         rate, fmt, quality = settings["sample_rate"], settings["format"], settings["quality"]
-        spf = rate / session.fps
-        arrivals: list[tuple[int, float]] = []  # (samples received before the chunk, its arrival time)
-        received = 0
+        clock = ArrivalClock(rate, session.fps)
         t0 = None
         state = {"frames": 0, "late": 0, "warned": False}
 
         async def send(frames) -> None:
             for f in frames:
                 jpeg, pcm = await loop.run_in_executor(worker, encode_frame, f, quality)
-                first = int(f.index * spf)
-                while len(arrivals) > 1 and arrivals[1][0] <= first:
-                    arrivals.pop(0)
-                arrived = arrivals[0][1] if arrivals and arrivals[0][0] <= first else time.perf_counter()
-                now = time.perf_counter()
-                latency = now - arrived
+                latency = clock.latency(f.index, time.perf_counter())
                 await websocket.send_bytes(pack_frame({"type": "frame", "index": f.index, "time": round(f.time_s, 4),
                                                        "latency_ms": round(1000 * latency, 1)}, jpeg, pcm))
                 state["frames"] += 1
                 self.active.get(sid, {})["frames"] = state["frames"]
-                if latency > session.lookahead_s + LATE_WARNING_S:
-                    state["late"] += 1
-                    if not state["warned"]:
-                        state["warned"] = True
-                        await websocket.send_text(json.dumps({
-                            "type": "warning", "message": f"this machine is too slow to keep up: frames arrive {latency:.1f} s "
-                                                          "after their audio (none is dropped)."}))
+                warning = late_warning(state, latency, session.lookahead_s)
+                if warning:
+                    await websocket.send_text(json.dumps(warning))
 
         async def feed(samples: np.ndarray, lead_s: float) -> None:
             """One chunk of the stream's audio, read at most ``lead_s`` ahead of real time."""
-            nonlocal t0, received
+            nonlocal t0
             if t0 is not None:
-                ahead = received / rate - (time.perf_counter() - t0) - lead_s
+                ahead = clock.received / rate - (time.perf_counter() - t0) - lead_s
                 if ahead > 0:
                     await asyncio.sleep(ahead)
             now = time.perf_counter()
             t0 = now if t0 is None else t0
-            arrivals.append((received, now))
-            received += len(samples)
+            clock.arrived(len(samples), now)
             await send(await loop.run_in_executor(worker, session.push, samples, rate))
 
         while True:
             if t0 is not None:  # pace a client that sends faster than real time
-                ahead = received / rate - (time.perf_counter() - t0) - self.options.max_ahead_s
+                ahead = clock.received / rate - (time.perf_counter() - t0) - self.options.max_ahead_s
                 if ahead > 0:
                     await asyncio.sleep(ahead)
             data = await self._receive(websocket)
@@ -299,13 +307,26 @@ class LiveService:
                     raise ProtocolError("bad_request", 'after the start message, text messages must be {"type": "say", '
                                                        '"text": ...} or {"type": "end"}.')
                 await send(await loop.run_in_executor(worker, session.finish))
-                await websocket.send_text(json.dumps({"type": "end", "frames": state["frames"], "audio_s": round(received / rate, 3),
+                await websocket.send_text(json.dumps({"type": "end", "frames": state["frames"], "audio_s": round(clock.received / rate, 3),
                                                       "late_frames": state["late"]}))
                 await websocket.close(CLOSE_NORMAL)
                 return
             samples = parse_audio(data, fmt, rate)
             if len(samples):
                 await feed(samples, float("inf"))
+
+
+def late_warning(state: dict, latency: float, lookahead_s: float) -> dict | None:
+    """Counts a frame later than ``LATE_WARNING_S`` past the model's lookahead in ``state``; the
+    warning message for the first."""
+    if latency <= lookahead_s + LATE_WARNING_S:
+        return None
+    state["late"] += 1
+    if state["warned"]:
+        return None
+    state["warned"] = True
+    return {"type": "warning", "message": f"this machine is too slow to keep up: frames arrive {latency:.1f} s after "
+                                          "their audio (none is dropped)."}
 
 
 def spoken(text, rate: int) -> list[np.ndarray]:
@@ -362,9 +383,11 @@ def live_panel_html(*, ticket: str | None = None, ticket_required: bool = False,
 <input id="live-text" type="text" maxlength="{MAX_SAY_CHARS}" placeholder="or type a sentence" style="flex:1;min-width:12em">
 <button id="live-say" type="button">Speak it</button>
 <button id="live-stop" type="button" disabled>Stop</button>
+<label>over <select id="live-transport"><option value="ws">WebSocket</option><option value="webrtc">WebRTC</option></select></label>
 </div>
 <p id="live-message" data-kind="info" role="status"></p>
 <canvas id="live-canvas" width="512" height="512" style="max-width:100%;background:#222"></canvas>
+<video id="live-video" autoplay playsinline style="display:none;max-width:100%;background:#222"></video>
 <p id="live-stats" data-frames="0"></p>
 </div>"""
 
@@ -393,6 +416,17 @@ def asset_routes() -> list:
             for path, body in scripts.items()]
 
 
+def webrtc_routes(service: LiveService) -> list:
+    """``POST /live/offer`` (``lipsync.live_webrtc``) for the service, when aiortc is installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("aiortc") is None:
+        return []
+    from .live_webrtc import WebRTCLive
+
+    return WebRTCLive(service).routes()
+
+
 def create_app(service: LiveService, *, note: str = ""):
     """A Starlette app: the WebSocket endpoint at ``WS_PATH``, the browser page at ``/live``, its
     scripts, and the service's status at ``/live/status``."""
@@ -401,7 +435,7 @@ def create_app(service: LiveService, *, note: str = ""):
     from starlette.routing import Route, WebSocketRoute
 
     page = LIVE_PAGE.replace("{panel}", live_panel_html(note=note))
-    routes = [WebSocketRoute(WS_PATH, service.handle),
+    routes = [WebSocketRoute(WS_PATH, service.handle), *webrtc_routes(service),
               Route("/live/status", lambda request: JSONResponse(service.status())),
               Route("/live", lambda request: HTMLResponse(page)),
               Route("/", lambda request: RedirectResponse("/live")),

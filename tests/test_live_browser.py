@@ -143,3 +143,33 @@ def test_typed_text_is_spoken_live_and_a_refused_microphone_is_one_clear_message
         text = page.locator("#live-message").inner_text()
         assert text.startswith("No microphone: the browser did not allow it") and "Allow the microphone" in text, text
         browser.close()
+
+
+def test_webrtc_carries_the_microphone_in_and_the_face_out(live_server, grid_clip, tmp_path):
+    """The same page over WebRTC (aiortc on the server): the fake microphone's track goes in, the
+    face comes back as a video track the browser decodes and plays, frame statistics come on the
+    data channel."""
+    import soundfile as sf
+
+    from lipsync.media import load_audio
+
+    wav = tmp_path / "mic.wav"
+    sf.write(wav, load_audio(grid_clip)[:48000], 16000, subtype="PCM_16")
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                    args=CHROMIUM_ARGS + FAKE_MIC + [f"--use-file-for-fake-audio-capture={wav}%noloop"])
+        page = browser.new_page()
+        page.goto(f"{live_server}/live")
+        page.select_option("#live-transport", "webrtc")
+        page.click("#live-mic")
+        page.wait_for_function("Number(document.getElementById('live-stats').dataset.frames) >= 40", timeout=60000)
+        page.wait_for_function("document.getElementById('live-video').getVideoPlaybackQuality().totalVideoFrames >= 10",
+                               timeout=30000)
+        size = page.evaluate("[document.getElementById('live-video').videoWidth, document.getElementById('live-video').videoHeight]")
+        stats = page.locator("#live-stats").inner_text()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "live_webrtc.png"))
+        page.click("#live-stop")
+        page.wait_for_function("document.getElementById('live-message').textContent.startsWith('Finished')", timeout=30000)
+        browser.close()
+    assert size == [360, 288] and "latency (audio in to frame out, on the server)" in stats, (size, stats)

@@ -223,3 +223,19 @@ def test_lipsync_serve_and_the_example_client_write_the_streamed_video(prepared_
     finally:
         server.terminate()
         server.wait(30)
+
+
+def test_webrtc_offers_are_checked_and_count_against_the_session_limit(model, live_target):
+    """``POST /live/offer``: a malformed offer is a 400 with one sentence; with every session taken
+    (here by a WebSocket client) an offer is told the server is busy (503)."""
+    service, client = client_for(model, live_target, max_sessions=1)
+    for body in (b"not json", b'{"type": "answer", "sdp": "x"}', b'{"type": "offer"}', b"x" * 70000):
+        r = client.post("/live/offer", content=body)
+        assert r.status_code == 400 and r.json()["code"] == "bad_request" and r.json()["message"].endswith("."), r.text
+    r = client.post("/live/offer", json={"type": "offer", "sdp": "v=0"})  # a slot is free, but this is no offer
+    assert r.status_code == 400 and "SDP" in r.json()["message"] and service.status()["active_sessions"] == 0
+    with client.websocket_connect("/live/ws") as ws:
+        assert start(ws)["type"] == "ready"
+        r = client.post("/live/offer", json={"type": "offer", "sdp": "v=0"})
+        assert r.status_code == 503 and r.json()["code"] == "busy"
+    assert service.status()["active_sessions"] == 0

@@ -22,11 +22,13 @@
   function showStats() {
     if (!live || !$("live-stats")) return;
     const lat = live.latencies;
-    const expected = live.ready ? Math.floor(live.sentSamples / live.rate * live.ready.fps) : 0;
+    const spoken = live.pc ? Math.max(0, (performance.now() - live.t0) / 1000 - live.ready.lookahead_ms / 1000) : live.sentSamples / live.rate;
+    const expected = live.ready ? Math.floor(spoken * live.ready.fps) : 0;
     const parts = [`frames ${live.frames}` + (live.mode === "mic" ? ` of ${expected} spoken` : ""),
                    `late ${live.late}`];
     if (lat.length) {
-      parts.push(`latency (speech to picture) ${Math.round(lat[lat.length - 1])} ms, p50 ${Math.round(percentile(lat, 0.5))}, ` +
+      const what = live.pc ? "latency (audio in to frame out, on the server)" : "latency (speech to picture)";
+      parts.push(`${what} ${Math.round(lat[lat.length - 1])} ms, p50 ${Math.round(percentile(lat, 0.5))}, ` +
                  `p95 ${Math.round(percentile(lat, 0.95))}`);
     }
     if (live.ready) parts.push(`model lookahead ${Math.round(live.ready.lookahead_ms)} ms`);
@@ -46,6 +48,10 @@
     if (s.ws && s.ws.readyState === WebSocket.OPEN) {
       try { s.ws.send(JSON.stringify({ type: "end" })); } catch (e) { /* closing */ }
     }
+    if (s.channel && s.channel.readyState === "open") {
+      try { s.channel.send(JSON.stringify({ type: "end" })); } catch (e) { /* closing */ }
+    }
+    if (s.pc) setTimeout(() => s.pc.close(), 3000);  // the last frames play out first
     if (s.audio && s.mode === "mic") s.audio.close();
     if (message) say(message);
     const btn = $("live-stop");
@@ -120,6 +126,14 @@
         say(`No microphone: the browser did not allow it (${err.name}). Allow the microphone for this page and press Start again.`, "error");
         return;
       }
+    }
+    const transport = ($("live-transport") || {}).value || "ws";
+    $("live-video").style.display = "none"; s.canvas.style.display = "";
+    if (transport === "webrtc") {
+      try { await startRtc(s, panel, text); } catch (err) { stop(); say(`WebRTC failed: ${err}`, "error"); }
+      return;
+    }
+    if (mode === "mic") {
       await s.audio.audioWorklet.addModule(panel.dataset.capture || "/live/capture.js");
     }
     s.rate = mode === "mic" ? Math.round(s.audio.sampleRate) : 16000;
@@ -146,18 +160,63 @@
           ws.send(JSON.stringify({ type: "end" }));
           say("Speaking...");
         }
-      } else if (msg.type === "warning") {
-        say(msg.message, "warning");
-      } else if (msg.type === "error") {
-        say(msg.message, "error");
-      } else if (msg.type === "end") {
-        s.late = msg.late_frames;
-        say(`Finished: ${msg.frames} frames for ${msg.audio_s.toFixed(1)} s of speech, ${msg.late_frames} late, none dropped.`);
+      } else {
+        message(s, msg);
       }
-      showStats();
     };
     ws.onclose = () => { if (live === s) { live = null; const b = $("live-stop"); if (b) b.disabled = true; } };
     ws.onerror = () => say("The connection to the live server failed.", "error");
+  }
+
+  function message(s, msg) {
+    if (msg.type === "frame") {  // WebRTC: the frame itself came on the video track
+      s.frames += 1;
+      s.latencies.push(msg.latency_ms);
+      if (s.latencies.length > 2000) s.latencies.splice(0, 1000);
+    } else if (msg.type === "warning") {
+      say(msg.message, "warning");
+    } else if (msg.type === "error") {
+      say(msg.message, "error");
+    } else if (msg.type === "end") {
+      s.late = msg.late_frames;
+      say(`Finished: ${msg.frames} frames` + (msg.audio_s !== undefined ? ` for ${msg.audio_s.toFixed(1)} s of speech` : "") +
+          `, ${msg.late_frames} late, none dropped.`);
+    }
+    showStats();
+  }
+
+  async function startRtc(s, panel, text) {
+    const pc = new RTCPeerConnection();
+    s.pc = pc;
+    const channel = pc.createDataChannel("lipsync");
+    s.channel = channel;
+    if (s.stream) s.stream.getAudioTracks().forEach((t) => pc.addTrack(t, s.stream));
+    else pc.addTransceiver("audio", { direction: "recvonly" });
+    pc.addTransceiver("video", { direction: "recvonly" });
+    const video = $("live-video");
+    video.style.display = ""; s.canvas.style.display = "none";
+    video.muted = s.mode === "mic";  // no echo of the speaker's own voice
+    video.srcObject = new MediaStream();
+    pc.ontrack = (event) => video.srcObject.addTrack(event.track);
+    channel.onmessage = (event) => message(s, JSON.parse(event.data));
+    channel.onopen = () => { if (s.mode === "text") channel.send(JSON.stringify({ type: "say", text })); };
+    await pc.setLocalDescription(await pc.createOffer());
+    await new Promise((resolve) => {
+      if (pc.iceGatheringState === "complete") { resolve(); return; }
+      pc.addEventListener("icegatheringstatechange", () => { if (pc.iceGatheringState === "complete") resolve(); });
+    });
+    say("Connecting...");
+    const resp = await fetch(panel.dataset.offer || "/live/offer", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer", ticket: panel.dataset.ticket || undefined }) });
+    const answer = await resp.json();
+    if (!resp.ok) { stop(); say(answer.message, "error"); return; }
+    s.ready = answer;
+    s.t0 = performance.now();
+    await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
+    const stopBtn = $("live-stop");
+    if (stopBtn) stopBtn.disabled = false;
+    say(s.mode === "mic" ? "Live: speak now." : "Speaking...");
   }
 
   function capture(s) {
