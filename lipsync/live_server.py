@@ -176,7 +176,8 @@ class LiveService:
         self.active: dict[str, dict] = {}  # session id -> its live statistics
         self.served = 0
 
-    def _claim(self) -> str | None:
+    def claim(self) -> str | None:
+        """A new session id, or None when every session is taken."""
         with self._lock:
             if len(self.active) >= self.options.max_sessions:
                 return None
@@ -185,7 +186,7 @@ class LiveService:
             self.served += 1
             return sid
 
-    def _release(self, sid: str) -> None:
+    def release(self, sid: str) -> None:
         with self._lock:
             self.active.pop(sid, None)
 
@@ -199,7 +200,7 @@ class LiveService:
         from starlette.websockets import WebSocketDisconnect
 
         await websocket.accept()
-        sid = self._claim()
+        sid = self.claim()
         if sid is None:
             await _send_error(websocket, "busy", f"all {self.options.max_sessions} live sessions are taken; try again in a minute.",
                               CLOSE_BUSY)
@@ -237,7 +238,7 @@ class LiveService:
         finally:
             # no await here: this also runs when the connection's task is cancelled. The session is
             # closed on its own thread, after whatever that thread is still doing for it.
-            self._release(sid)
+            self.release(sid)
             worker.submit(close_session)
             worker.shutdown(wait=False)
 

@@ -92,7 +92,7 @@ class WebRTCLive:
                 raise ProtocolError("bad_request", "ticket must be the string the page was given.")
         except ProtocolError as err:
             return JSONResponse({"code": err.code, "message": str(err)}, status_code=400)
-        sid = self.service._claim()
+        sid = self.service.claim()
         if sid is None:
             return JSONResponse({"code": "busy", "message": f"all {self.service.options.max_sessions} live sessions are "
                                                             "taken; try again in a minute."}, status_code=503)
@@ -277,7 +277,7 @@ class Peer:
             return
         self.closed = True
         self.owner.peers.discard(self)
-        self.owner.service._release(self.sid)
+        self.owner.service.release(self.sid)
         if self.pc is not None:
             await self.pc.close()
         current = asyncio.current_task()
