@@ -206,3 +206,25 @@ def test_the_texture_loop_does_not_drift_over_a_long_stream(model, prepared_grid
     drift = np.abs(loops[2:] - loops[1]).max(axis=(1, 2))
     assert drift.max() < 0.005, drift  # crops in 0..1
     assert abs(float(loops[-1].mean()) - float(loops[1].mean())) < 1e-4
+
+
+def test_when_speech_stops_the_mouth_eases_shut(model, speech, prepared_grid, tmp_path):
+    """Audio cut mid-word (the mouth open) and followed by silence: from its last open frame (the
+    model hears the silence coming, so that is a few frames before the cut) the mouth closes over
+    several frames, no step larger than half the way, then stays still and shut."""
+    from lipsync.face_measures import mouth_opening
+
+    for cut in (20000, 24000):
+        audio = np.concatenate([speech[:cut], np.zeros(16000, np.float32)])
+        _, frames = stream(model, prepared_grid.path, audio, 640, tmp_path / str(cut))
+        opening = mouth_opening(np.stack([f.vertices for f in frames]))
+        t = cut // 640  # the frame where the speech stops
+        closed = float(np.median(opening[-10:]))
+        peak = t - 5 + int(np.argmax(opening[t - 5:t + 1]))
+        drop = float(opening[peak]) - closed
+        assert drop > 0.08, opening[t - 6:t + 3]  # it was open
+        steps = np.abs(np.diff(opening[peak:t + 12]))
+        assert steps.max() <= 0.5 * drop, (opening[peak:t + 12], drop)
+        shut = int(np.argmax(np.abs(opening[peak:] - closed) < 0.01))
+        assert shut >= 3, opening[peak:peak + 8]
+        assert np.ptp(opening[-10:]) < 0.01

@@ -239,3 +239,35 @@ def test_webrtc_offers_are_checked_and_count_against_the_session_limit(model, li
         r = client.post("/live/offer", json={"type": "offer", "sdp": "v=0"})
         assert r.status_code == 503 and r.json()["code"] == "busy"
     assert service.status()["active_sessions"] == 0
+
+
+def test_a_machine_that_falls_behind_warns_once_and_drops_no_frame(model, live_target, speech):
+    """A session that stalls for 1.5 s once (as on an overloaded machine): the frames after it are
+    late, one warning says so, every frame still comes, and the end message counts the late ones."""
+
+    class Stalling:
+        def live(self, target, **kwargs):
+            session = model.live(target, **kwargs)
+            push, calls = session.push, []
+
+            def slow(samples, rate):
+                calls.append(1)
+                if len(calls) == 10:
+                    time.sleep(1.5)
+                return push(samples, rate)
+
+            session.push = slow
+            return session
+
+    service = LiveService(lambda settings: (Stalling(), live_target), LiveOptions(renderer="gl"))
+    client = TestClient(create_app(service))
+    pcm = np.round(speech * 32767).astype("<i2")
+    with client.websocket_connect("/live/ws") as ws:
+        assert start(ws)["type"] == "ready"
+        for i in range(0, len(pcm), 320):
+            ws.send_bytes(pcm[i:i + 320].tobytes())
+        ws.send_text(json.dumps({"type": "end"}))
+        frames, warnings, end = receive_all(ws)
+    assert len(frames) == end["frames"] == 25 and [h["index"] for h, _, _ in frames] == list(range(25))
+    assert len(warnings) == 1 and "too slow to keep up" in warnings[0]["message"] and "none is dropped" in warnings[0]["message"]
+    assert end["late_frames"] >= 1 and max(h["latency_ms"] for h, _, _ in frames) > 1400
