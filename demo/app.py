@@ -149,6 +149,11 @@ def build_app(cfg: DemoConfig | None = None) -> gr.Blocks:
                             "asks for the microphone the first time; the page shows the latency from your speech "
                             f"to the picture and the frames received. At most {cfg.limits.live_sessions} live "
                             "streams run at once on this machine.")
+                with gr.Row():
+                    live_kind = gr.Radio([("The training video", "training"), ("Another video or a photo", "upload")],
+                                         value="training", label="Put the face into")
+                    live_target = gr.File(label="Target video or photo of the same person", file_types=["video", "image"],
+                                          type="filepath")
                 live_ready = gr.Button("Get ready", variant="primary", elem_id="live-ready")
                 live_panel = gr.HTML(live.idle_panel(), elem_id="live-html")
 
@@ -181,7 +186,8 @@ def build_app(cfg: DemoConfig | None = None) -> gr.Blocks:
         drive_btn.click(bind(handlers.synthesize_speech),
                         inputs=[session, model, source, audio, text, target_kind, target],
                         outputs=[out_video, out_mesh, out_files, out_status], **HEAVY, api_name="synthesize")
-        live_ready.click(bind(live.get_ready), inputs=[session, model], outputs=[live_panel], **HEAVY, api_name="live")
+        live_ready.click(bind(live.get_ready), inputs=[session, model, live_kind, live_target], outputs=[live_panel], **HEAVY,
+                         api_name="live")
         cmp_btn.click(bind(compare.run_comparison),
                       inputs=[session, model, baselines, cmp_mode, cmp_audio, cmp_text, external, base_preset],
                       outputs=[grid, table, cmp_notes, cmp_files], **HEAVY, api_name="compare")

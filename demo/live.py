@@ -32,6 +32,7 @@ class LiveDesk:
         self._lock = threading.Lock()
         self._tickets: dict[str, tuple[tuple[str, str], float]] = {}
         self._ready: OrderedDict[tuple[str, str], tuple] = OrderedDict()  # (model, target) -> (model, LiveTarget)
+        self._models: dict[str, object] = {}  # model folder -> loaded model, shared by its targets
 
     def prepare(self, model_folder: Path, target: Path | None, progress=None) -> str:
         """Load the model and prepare the target (once), and return a new ticket for them."""
@@ -42,13 +43,19 @@ class LiveDesk:
         with self._lock:
             ready = self._ready.get(key)
         if ready is None:
-            model = load_model(model_folder)
+            with self._lock:
+                model = self._models.get(key[0])
+            if model is None:
+                model = load_model(model_folder)
             ready = (model, LiveTarget(model, target, progress=progress))
             with self._lock:
                 self._ready[key] = ready
+                self._models[key[0]] = model
                 while len(self._ready) > KEEP_TARGETS:
                     _, (_, old) = self._ready.popitem(last=False)
                     old.close()  # sessions still using it keep the frames they hold
+                in_use = {k[0] for k in self._ready}
+                self._models = {k: m for k, m in self._models.items() if k in in_use}
         ticket = secrets.token_urlsafe(24)
         with self._lock:
             self._ready.move_to_end(key)
@@ -88,18 +95,31 @@ def idle_panel() -> str:
 
 
 @user_errors
-def get_ready(cfg: DemoConfig, session: dict, preset: str | None, progress=gr.Progress()) -> str:
-    """The live panel for the selected speaker's model, with a fresh ticket."""
+def get_ready(cfg: DemoConfig, session: dict, preset: str | None, target_kind: str = "training", target: str | None = None,
+              progress=gr.Progress()) -> str:
+    """The live panel for the selected speaker's model into the chosen target (the training video,
+    or an uploaded video or photo of the same person), with a fresh ticket."""
     from lipsync.live_server import live_panel_html
 
+    from . import jobs
+    from .checks import check_video, shown_name
     from .example_model import MODEL_DIR
     from .handlers import resolve_model, stage_progress
 
     speaker, folder = resolve_model(cfg, session, preset)
     # the shipped model's training video was not shipped: it speaks over the bundled clip
-    target = speaker.video if Path(folder) == MODEL_DIR else None
+    target_path, shown = (speaker.video if Path(folder) == MODEL_DIR else None), "its training video"
+    if target_kind == "upload":
+        shown = shown_name(target, "target video or photo")
+        target_path, _, _ = check_video(target, shown, cfg.limits, max_seconds=cfg.limits.target_s,
+                                        work=jobs.session_dir(cfg, session) / "uploads", allow_image=True)
     t0 = time.perf_counter()
-    ticket = DESK.prepare(Path(folder), target, progress=stage_progress(progress, "prepare the target: "))
-    note = (f"{speaker.name}, model {Path(folder).name}, ready in {time.perf_counter() - t0:.1f} s. Start the microphone "
-            "and speak, or type a sentence. Frames are never dropped: the counts below show when this machine falls behind.")
+    try:
+        ticket = DESK.prepare(Path(folder), target_path, progress=stage_progress(progress, "prepare the target: "))
+    except LipsyncError as err:
+        msg = str(err).replace(str(target_path), shown) if target_path is not None else str(err)
+        raise LipsyncError(msg) from None
+    note = (f"{speaker.name}, model {Path(folder).name}, into {shown}: ready in {time.perf_counter() - t0:.1f} s. Start "
+            "the microphone and speak, or type a sentence. Frames are never dropped: the counts below show when this "
+            "machine falls behind.")
     return live_panel_html(ticket=ticket, ticket_required=True, note=note)

@@ -230,6 +230,33 @@ def test_the_example_uses_the_shipped_model_first(cfg, session):
         jobs.model_dir(jobs.Speaker("sp-000000000000", "x", cfg.root / "x", GRID_CLIP), jobs.SHIPPED)
 
 
+def test_live_tab_gets_a_ticket_for_the_visitors_own_model_and_target(cfg, session, media):
+    """Get ready: the shipped model into its bundled clip, then into an uploaded photo; each gives
+    the page a new ticket that resolves to that model and target; an unknown ticket, a target
+    without a face, and a visitor without a model get one sentence."""
+    import re
+
+    from demo import live
+
+    with pytest.raises(gr.Error, match="no speaker is selected|no trained model"):
+        live.get_ready(cfg, session, None)
+    out = handlers.run_example(cfg, session, "Bin blue at A one.")
+    html = live.get_ready(cfg, out[0], jobs.SHIPPED, "training", None)
+    ticket = re.search(r'data-ticket="([^"]+)"', html).group(1)
+    model, target = live.DESK.resolve({"ticket": ticket})
+    assert Path(target.target.source).name == Path(jobs.example_speaker(cfg).video).name and target.size == (360, 288)
+    photo = live.get_ready(cfg, out[0], jobs.SHIPPED, "upload", str(media["photo.png"]))
+    ticket2 = re.search(r'data-ticket="([^"]+)"', photo).group(1)
+    assert ticket2 != ticket and "into photo.png" in photo
+    model2, target2 = live.DESK.resolve({"ticket": ticket2})
+    assert model2 is model and target2 is not target and target2.size == (360, 288) and len(target2.usable) >= 1
+    for bad in (None, "nope", ticket + "x"):
+        with pytest.raises(LipsyncError, match="press Get ready again"):
+            live.DESK.resolve({"ticket": bad})
+    with pytest.raises(gr.Error, match="(?i)no face"):
+        live.get_ready(cfg, out[0], jobs.SHIPPED, "upload", str(media["noface.mp4"]))
+
+
 def test_train_the_example_yourself(cfg, session):
     """The second button: preprocess, train on the bundled 3 s and synthesize, cached by content."""
     out = handlers.train_example(cfg, session, "Place red at G nine now.")
