@@ -147,7 +147,16 @@ def _cmd_serve(args) -> int:
     for name in ("uvicorn", "websockets"):  # websockets: uvicorn's WebSocket protocol
         if importlib.util.find_spec(name) is None:
             raise LipsyncError(f"serving needs the {name} package; reinstall lipsync (pip install -e .).")
+    import socket
+
     import uvicorn
+
+    with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe_socket:
+        try:  # before the slow target preparation: is the address free?
+            probe_socket.bind((args.host, args.port))
+        except OSError as err:
+            raise LipsyncError(f"cannot listen on {args.host}:{args.port} ({err.strerror or err}); choose another --port "
+                               "or --host.") from None
     model = load_model(args.model)
     print(f"preparing the target {args.target or 'the training video'} ...", file=sys.stderr)
     resolve = single_target(model, args.target, progress=_tqdm_progress(sys.stderr.isatty()))
@@ -158,7 +167,7 @@ def _cmd_serve(args) -> int:
           f"(protocol in the README), {live.size[0]}x{live.size[1]} at {live.fps:g} fps, "
           f"up to {args.max_sessions} sessions", file=sys.stderr)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, ws="websockets", log_level="warning")
+        uvicorn.run(app, host=args.host, port=args.port, ws="auto", log_level="warning")
     finally:
         live.close()
     return 0
