@@ -13,8 +13,10 @@ RUN pip install --no-cache-dir '.[postgres]'
 ENV NUMBA_CACHE_DIR=/app/.cache/numba MPLCONFIGDIR=/app/.cache/matplotlib \
     TORCH_HOME=/app/.cache/torch GRADIO_TEMP_DIR=/app/.cache/gradio
 
-EXPOSE 7860 7870
+EXPOSE 7860 7870 8765
 # A rating study instead: docker run -p 7870:7870 -v $PWD/study:/study IMAGE \
 #   python -m human_study serve --study /study/study.yaml --host 0.0.0.0
+# Live synthesis alone (WebSocket, WebRTC and the /live page): docker run -p 8765:8765 -v $PWD/m:/m IMAGE \
+#   lipsync serve --model /m/model --target /m/speaker.mp4 --host 0.0.0.0
 # The main job (as `make demo`): the Gradio demo, listening on every interface of the container.
 CMD ["python", "-m", "demo", "--host", "0.0.0.0", "--port", "7860"]
