@@ -18,5 +18,6 @@ EXPOSE 7860 7870 8765
 #   python -m human_study serve --study /study/study.yaml --host 0.0.0.0
 # Live synthesis alone (WebSocket, WebRTC and the /live page): docker run -p 8765:8765 -v $PWD/m:/m IMAGE \
 #   lipsync serve --model /m/model --target /m/speaker.mp4 --host 0.0.0.0
+# (WebRTC media goes over UDP ports chosen per connection: run with --network host for it)
 # The main job (as `make demo`): the Gradio demo, listening on every interface of the container.
 CMD ["python", "-m", "demo", "--host", "0.0.0.0", "--port", "7860"]
