@@ -105,6 +105,11 @@ class LiveOptions:
 Resolver = Callable[[dict], tuple]
 
 
+def to_pcm16(x: np.ndarray) -> np.ndarray:
+    """Float samples in [-1, 1] as 16-bit PCM (scaled by 32768, so 16-bit input comes back exact)."""
+    return np.clip(np.round(np.asarray(x) * 32768.0), -32768, 32767).astype("<i2")
+
+
 def encode_frame(frame, quality: int) -> tuple[bytes, bytes]:
     """A ``LiveFrame``'s JPEG image and its audio as 16-bit PCM."""
     import cv2
@@ -112,7 +117,7 @@ def encode_frame(frame, quality: int) -> tuple[bytes, bytes]:
     ok, jpeg = cv2.imencode(".jpg", np.ascontiguousarray(frame.image[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
         raise LipsyncError("a frame could not be encoded as JPEG.")
-    pcm = np.clip(np.round(frame.audio * 32768.0), -32768, 32767).astype("<i2").tobytes()  # 16-bit input comes back exact
+    pcm = to_pcm16(frame.audio).tobytes()
     return jpeg.tobytes(), pcm
 
 
@@ -344,7 +349,7 @@ def spoken(text, rate: int) -> list[np.ndarray]:
     x = np.concatenate([p for p, _ in parts]).astype(np.float32) / 32768.0
     if parts[0][1] != rate:
         x = soxr.resample(x, parts[0][1], rate)
-    pcm = np.clip(np.round(x * 32768.0), -32768, 32767).astype(np.int16)
+    pcm = to_pcm16(x)
     step = max(1, rate // 50)
     return [pcm[i:i + step] for i in range(0, len(pcm), step)]
 

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .common import LipsyncError
-from .live_server import AUDIO_OUT_RATE, ArrivalClock, LiveService, ProtocolError, late_warning, spoken
+from .live_server import AUDIO_OUT_RATE, ArrivalClock, LiveService, ProtocolError, late_warning, spoken, to_pcm16
 
 MAX_OFFER_BYTES = 64 * 1024
 VIDEO_CLOCK = 90000
@@ -185,7 +185,7 @@ class Peer:
         for f in frames:
             image = av.VideoFrame.from_ndarray(f.image, format="rgb24")
             image.pts, image.time_base = int(round(f.index * VIDEO_CLOCK / self.session.fps)), fractions.Fraction(1, VIDEO_CLOCK)
-            pcm = np.clip(np.round(f.audio * 32768.0), -32768, 32767).astype(np.int16)
+            pcm = to_pcm16(f.audio)
             sound = av.AudioFrame.from_ndarray(pcm[None], format="s16", layout="mono")
             sound.sample_rate = AUDIO_OUT_RATE
             sound.pts, sound.time_base = int(round(f.time_s * AUDIO_OUT_RATE)), fractions.Fraction(1, AUDIO_OUT_RATE)

@@ -4,12 +4,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from human_study.loadtest import free_port  # noqa: F401 - a free port of 127.0.0.1, for test servers
+from human_study.loadtest import free_port  # a free port of 127.0.0.1, for test servers
 from lipsync.common import setup_cache_env
 
 setup_cache_env()
@@ -107,3 +108,30 @@ def grid(grid_clip):
     _, best = choose_reference(lm, valid, topo, 10)
     return {"frames": frames, "audio": audio, "landmarks": lm, "valid": valid,
             "canonical": canonical_reference(lm, best, topo), "topo": topo}
+
+
+@contextmanager
+def live_server(model_dir: Path, target: Path):
+    """``lipsync serve`` of ``model_dir`` into ``target`` on a free loopback port: yields (its base URL,
+    its /live/status document) once it answers; stopped on the way out."""
+    import json
+    import sys
+    import time
+    import urllib.request
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "lipsync", "serve", "--model", str(model_dir), "--target", str(target),
+                             "--port", str(port), "--renderer", "gl"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        for _ in range(900):
+            try:
+                status = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/live/status", timeout=1).read())
+                break
+            except OSError:
+                assert proc.poll() is None, proc.communicate()[1][-2000:]
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}", status
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -5,16 +5,13 @@ the latency and the frame counts."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
-import urllib.request
 
 import cv2
 import numpy as np
 import pytest
 
-from conftest import CHROMIUM, CHROMIUM_ARGS, ROOT, free_port
+from conftest import CHROMIUM, CHROMIUM_ARGS, ROOT
+from conftest import live_server as serve_live
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
 if not CHROMIUM.is_file():
@@ -27,22 +24,8 @@ FAKE_MIC = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-strea
 
 @pytest.fixture(scope="module")
 def live_server(prepared_grid):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "lipsync", "serve", "--model", str(EXAMPLE_MODEL), "--target",
-                             str(prepared_grid.path), "--port", str(port), "--renderer", "gl"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        for _ in range(900):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/live/status", timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None, proc.communicate()[1][-2000:]
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    with serve_live(EXAMPLE_MODEL, prepared_grid.path) as (url, _):
+        yield url
 
 
 def mouth_openings(images: list[np.ndarray]) -> np.ndarray:

@@ -12,6 +12,7 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from conftest import ROOT
+from conftest import live_server as serve_live
 from lipsync.live_server import LiveOptions, LiveService, create_app, unpack_frame
 from lipsync.media import load_audio
 from lipsync.model_io import load_model
@@ -179,50 +180,27 @@ def test_a_silent_client_is_closed_after_the_idle_timeout(model, live_target):
     assert service.status()["active_sessions"] == 0
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_lipsync_serve_and_the_example_client_write_the_streamed_video(prepared_grid, speech, tmp_path):
     """``lipsync serve`` on a loopback port, ``examples/live_client.py`` streams a wav in real-time
     20 ms chunks over a real WebSocket and writes an mp4 of every frame with the sound."""
     import subprocess
     import sys
-    import urllib.request
 
     import soundfile as sf
 
     from lipsync.media import probe
 
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "lipsync", "serve", "--model", str(EXAMPLE_MODEL), "--target",
-                               str(prepared_grid.path), "--port", str(port), "--renderer", "gl"],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        for _ in range(600):
-            try:
-                status = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/live/status", timeout=1).read())
-                break
-            except OSError:
-                assert server.poll() is None, server.communicate()[1][-2000:]
-                time.sleep(0.1)
+    with serve_live(EXAMPLE_MODEL, prepared_grid.path) as (url, status):
         assert status["protocol"] == "lipsync-live/1" and status["max_sessions"] == 2
         sf.write(tmp_path / "speech.wav", speech, 16000, subtype="PCM_16")
         r = subprocess.run([sys.executable, str(ROOT / "examples" / "live_client.py"), str(tmp_path / "speech.wav"),
-                            str(tmp_path / "out.mp4"), "--url", f"ws://127.0.0.1:{port}/live/ws"],
+                            str(tmp_path / "out.mp4"), "--url", url.replace("http://", "ws://") + "/live/ws"],
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr[-2000:]
         assert "25 frames for 1.00 s of audio" in r.stderr and "latency p50" in r.stderr
         info = probe(tmp_path / "out.mp4")
         assert info.frames == 25 and info.has_audio
         assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
-    finally:
-        server.terminate()
-        server.wait(30)
 
 
 def test_webrtc_offers_are_checked_and_count_against_the_session_limit(model, live_target):
