@@ -26,6 +26,9 @@ class EvalConfig:
         seed, device, renderer: as in training and synthesis.
         wav2lip_checkpoint, external, external_name: inputs of the methods that need them.
         lpips_weights, syncnet_weights, s3fd_weights, inception_weights: weights of the metrics that need them.
+        cache: the cache folder (None: ``out/cache``); runs that share one reuse each other's work.
+        train_seconds: train the methods on the first N seconds of the training footage only
+            (None: all of it); the test clips and the sync expert stay the same.
         quiet: no progress output.
     """
     video: Path
@@ -50,14 +53,16 @@ class EvalConfig:
     syncnet_weights: str | None = None
     s3fd_weights: str | None = None
     inception_weights: str | None = None
+    cache: Path | None = None
+    train_seconds: float | None = None
     quiet: bool = False
 
     @classmethod
     def from_args(cls, args) -> "EvalConfig":
         """From the parsed command line (``eval.run.build_parser``)."""
         tup = lambda v: tuple(v) if v else None  # noqa: E731
-        return cls(video=Path(args.video), out=Path(args.out), test_clips=Path(args.test_clips) if args.test_clips else None,
-                   methods=tup(args.methods), metrics=tup(args.metrics), preset=args.preset,
+        return cls(video=Path(args.video) if args.video else None, out=Path(args.out), test_clips=Path(args.test_clips) if args.test_clips else None,
+                   methods=tup(args.methods), metrics=tup(args.metrics), preset=args.preset or "quick",
                    test_fraction=args.test_fraction, clip_seconds=args.clip_seconds,
                    max_test_clips=args.max_test_clips, cross_audio=tup(args.cross_audio),
                    cross_audio_test=not args.no_cross_audio, side_by_side=not args.no_video, seed=args.seed,

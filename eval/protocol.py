@@ -129,5 +129,8 @@ def prepare_protocol(video: Path, cache: Path, *, test_clips: Path | None = None
     facts = {"protocol": "self-reenactment", "frames": n, "fps": fps, "train_frames": split,
              "test_frames": int(sum(b - a for a, b in ranges)), "test_fraction": test_fraction,
              "clip_seconds": clip_seconds, "audio_sync": full.info.sync}
-    (seg / "split.json").write_text(json.dumps({"split": split, "ranges": ranges}))
+    split_doc = json.dumps({"split": split, "ranges": ranges})
+    split_file = seg / "split.json"
+    if not split_file.is_file() or split_file.read_text() != split_doc:  # a re-run leaves it as it is
+        split_file.write_text(split_doc)
     return train_video, train_prepared, clips, facts

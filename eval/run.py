@@ -25,7 +25,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -177,46 +177,66 @@ def cross_audio_files(config: EvalConfig, cache: Path) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------------------------
-# the run
+# the run, in stages: prepare the protocol, fit each method, measure each (method, job), report.
+# ``run`` does them in turn; a dataset run (``eval.dataset``) runs the same stages as Ray tasks.
 
 def results_folder(config: EvalConfig) -> tuple[Path, Path]:
-    """(the results folder, created; its cache folder); ``LipsyncError`` when it is a file."""
+    """(the results folder, created; its cache folder: ``config.cache`` or RESULTS/cache);
+    ``LipsyncError`` when it is a file."""
     from lipsync.common import LipsyncError
 
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise LipsyncError(f"{out} is a file; give a folder for the results.")
     out.mkdir(parents=True, exist_ok=True)
-    return out, out / "cache"
+    return out, Path(config.cache) if config.cache else out / "cache"
 
 
-def run(config: EvalConfig) -> dict:
-    """Prepare the protocol, fit every method, measure self-reenactment and cross-audio, write the
-    results folder; returns ``results.json``'s document."""
+@dataclass(frozen=True)
+class Prepared:
+    """The protocol of one run, ready for the methods (small and picklable: every array is on disk).
+
+    Members:
+        out, cache: the results folder and its cache.
+        train_video, train_prepared: the training footage the methods learn from (its first
+            ``config.train_seconds`` when set) and its prepared clip.
+        clips: the test clips; protocol: facts for the report.
+        settings: the metrics' settings (weights, device, the sync expert).
+        cross_audio: the cross-audio test's wavs (empty without the test).
+        timings: seconds of the preparation steps.
+    """
+    out: Path
+    cache: Path
+    train_video: Path
+    train_prepared: Path
+    clips: tuple
+    protocol: dict
+    settings: dict
+    cross_audio: tuple
+    timings: dict
+
+
+def prepare_run(config: EvalConfig, progress=None) -> Prepared:
+    """Stage 1: methods and metrics checked, the protocol prepared (training part, test clips, the
+    sync expert, the cross-audio speech) and, with ``config.train_seconds``, the training part cut
+    to its first seconds (the sync expert stays the whole part's, so every cut is measured alike)."""
     from lipsync.common import resolve_device
 
-    from .methods import get_method
     from .metrics import get_metrics
+    from .metrics.lipsync import check_sync_expert
+    from .methods import get_method
     from .protocol import prepare_protocol
     from .sync_expert import expert_settings
-    from .stats import summarize
 
-    t_start = time.perf_counter()
-    progress = _progress_printer(not config.quiet)
+    progress = progress or _progress_printer(False)
     out, cache = results_folder(config)
-    timings: dict[str, float] = {}
-
-    # 1. methods, metrics and their settings
-    method_names = list(dict.fromkeys(config.methods or DEFAULT_METHODS))
-    method_classes = [get_method(m) for m in method_names]
+    for name in method_names(config):
+        get_method(name)
     metrics = get_metrics(list(config.metrics) if config.metrics else None)
-    from .metrics.lipsync import check_sync_expert
-    device = resolve_device(config.device)
     settings = {k: v for k, v in {"lpips_weights": config.lpips_weights, "syncnet_weights": config.syncnet_weights,
                                   "s3fd_weights": config.s3fd_weights, "inception_weights": config.inception_weights,
-                                  "device": device}.items() if v is not None}
-
-    # 2. the protocol: training part and test clips, prepared
+                                  "device": resolve_device(config.device)}.items() if v is not None}
+    timings: dict[str, float] = {}
     t0 = time.perf_counter()
     train_video, train_prepared, clips, protocol = prepare_protocol(
         Path(config.video), cache, test_clips=config.test_clips, test_fraction=config.test_fraction,
@@ -228,56 +248,155 @@ def run(config: EvalConfig) -> dict:
         if "sync_expert_error" in settings:
             print(f"[eval] {settings['sync_expert_error']}", file=sys.stderr)
         timings["sync_expert"] = time.perf_counter() - t0
+    if config.train_seconds is not None:
+        from .sweeps import first_seconds
 
-    # 3. fit every method that can run here
-    ctx = RunContext(out=out, cache=cache, train_video=Path(train_video), train_prepared=Path(train_prepared),
-                     preset=config.preset, seed=config.seed, device=device, progress=progress,
-                     options={"wav2lip_checkpoint": config.wav2lip_checkpoint, "external_dir": config.external,
-                              "external_name": config.external_name, "renderer": config.renderer})
-    methods, method_info, unavailable_methods = [], {}, {}
-    for cls in method_classes:
-        m = cls(ctx)
         t0 = time.perf_counter()
-        try:
-            m.check()
+        train_video, train_prepared, used = first_seconds(Path(train_video), Path(train_prepared),
+                                                          config.train_seconds, cache, progress)
+        protocol = {**protocol, "train_seconds": round(used, 3)}
+        timings["cut_training"] = time.perf_counter() - t0
+    wavs = cross_audio_files(config, cache) if config.cross_audio_test and clips else []
+    return Prepared(out=out, cache=cache, train_video=Path(train_video), train_prepared=Path(train_prepared),
+                    clips=tuple(clips), protocol=protocol, settings=settings, cross_audio=tuple(wavs), timings=timings)
+
+
+def method_names(config: EvalConfig) -> list[str]:
+    return list(dict.fromkeys(config.methods or DEFAULT_METHODS))
+
+
+def run_context(config: EvalConfig, p: Prepared, progress=None) -> RunContext:
+    from lipsync.common import resolve_device
+
+    return RunContext(out=p.out, cache=p.cache, train_video=p.train_video, train_prepared=p.train_prepared,
+                      preset=config.preset, seed=config.seed, device=resolve_device(config.device),
+                      progress=progress or _progress_printer(False),
+                      options={"wav2lip_checkpoint": config.wav2lip_checkpoint, "external_dir": config.external,
+                               "external_name": config.external_name, "renderer": config.renderer})
+
+
+@dataclass
+class Fitted:
+    """Stage 2's result for one method: ``info`` (facts for the report) or ``unavailable`` (why it
+    cannot run here); ``method`` the fitted object (kept in the process that fitted it only)."""
+    name: str
+    info: dict | None = None
+    unavailable: str | None = None
+    method: object = field(default=None, repr=False, compare=False)
+
+    def __getstate__(self):  # the fitted object stays where it was made
+        return {**self.__dict__, "method": None}
+
+
+def fit_method(config: EvalConfig, p: Prepared, name: str, progress=None) -> Fitted:
+    """Stage 2: train one method (or reuse what an earlier run trained)."""
+    from filelock import FileLock
+
+    from lipsync.files import content_key
+
+    from .methods import get_method
+
+    cls = get_method(name)
+    m = cls(run_context(config, p, progress))
+    t0 = time.perf_counter()
+    try:
+        m.check()
+        # one fit at a time of the same model on the same footage (e.g. two sweep values whose cut is
+        # all the training footage, on two workers): the second finds the first's model
+        key = content_key(cls.trains_as or name, p.train_prepared / "manifest.json", config.preset, config.seed)
+        with FileLock(str(p.cache / f".fit-{key}.lock")):
             info = m.fit() or {}
-        except Unavailable as err:
-            unavailable_methods[cls.name] = str(err)
-            print(f"[eval] {cls.name}: unavailable: {err}", file=sys.stderr)
-            continue
-        info["fit_wall_s"] = round(time.perf_counter() - t0, 1)
-        method_info[cls.name] = {"description": cls.description, **info}
-        methods.append(m)
-    timings["fit"] = sum(v["fit_wall_s"] for v in method_info.values())
+    except Unavailable as err:
+        print(f"[eval] {name}: unavailable: {err}", file=sys.stderr)
+        return Fitted(name, unavailable=str(err))
+    info["fit_wall_s"] = round(time.perf_counter() - t0, 1)
+    return Fitted(name, info={"description": cls.description, **info}, method=m)
 
-    metric_unavail = {mt.name: reason for mt in metrics if mt.check and (reason := mt.check(settings))}
+
+def metrics_of(config: EvalConfig, p: Prepared) -> tuple[list, list, dict]:
+    """(the run's metrics, those that need no reference (cross-audio), metric -> why it cannot run here)."""
+    from .metrics import get_metrics
+
+    metrics = get_metrics(list(config.metrics) if config.metrics else None)
+    unavail = {mt.name: reason for mt in metrics if mt.check and (reason := mt.check(p.settings))}
+    return metrics, [mt for mt in metrics if not mt.needs_reference], unavail
+
+
+def jobs_of(p: Prepared) -> tuple[list[Job], list[Job]]:
+    """(self-reenactment jobs: each test clip from its own audio; cross-audio jobs: each foreign
+    sentence over another test clip's frames)."""
+    clips = list(p.clips)
+    own = [Job(c.name, c, c.audio, True) for c in clips]
+    cross = [Job(Path(w).stem, clips[j % len(clips)], Path(w), False) for j, w in enumerate(p.cross_audio)] if clips else []
+    return own, cross
+
+
+def measure_jobs(config: EvalConfig, p: Prepared, fitted: Fitted, own: list[Job], cross: list[Job],
+                 progress=None) -> tuple[Measured, Measured, dict]:
+    """Stage 3: one method's videos of some jobs, made and measured; (self-reenactment, cross-audio,
+    the first reason each metric could not run). The plot series come with the first test clip."""
+    progress = progress or _progress_printer(False)
+    m = fitted.method
+    if m is None:  # in another process than the fit: reload what it trained (a cache hit)
+        m = fit_method(config, p, fitted.name).method
+    metrics, free, unavail = metrics_of(config, p)
     reasons: dict[str, str] = {}
-    common = dict(out=out, cache=cache, metric_unavail=metric_unavail, reasons=reasons, progress=progress)
+    common = dict(out=p.out, cache=p.cache, metric_unavail=unavail, reasons=reasons, progress=progress)
+    info = {fitted.name: fitted.info}
+    first = jobs_of(p)[0][:1]
+    a = measure([m], own, metrics, p.settings, info, videos="videos", samples="samples", label="render and measure",
+                series=bool(own) and own[0] in first, **common)
+    b = measure([m], cross, free, p.settings, info, videos="videos/cross_audio", samples="samples_cross",
+                label="cross-audio", **common)
+    return a, b, reasons
 
-    # 4. self-reenactment: each test clip from its own audio, measured against its real frames
-    t0 = time.perf_counter()
-    own = measure(methods, [Job(c.name, c, c.audio, True) for c in clips], metrics, settings, method_info,
-                  videos="videos", samples="samples", label="render and measure", series=True, **common)
-    timings["render_and_measure"] = time.perf_counter() - t0
-    results = _summaries(methods, metrics, own.values, metric_unavail, unavailable_methods, summarize, config.seed,
-                         reasons)
 
-    # 5. cross-audio: foreign speech over the test clips' frames, reference-free metrics only
-    t0 = time.perf_counter()
+def merge_measured(pieces: list[Measured]) -> Measured:
+    """One ``Measured`` from pieces in the order a single ``measure`` call would have made them."""
+    out = Measured()
+    for piece in pieces:
+        for m, per in piece.values.items():
+            row = out.values.setdefault(m, {})
+            for k, v in per.items():
+                row.setdefault(k, []).extend(v)
+        for m, per in piece.per_sample.items():
+            out.per_sample.setdefault(m, {}).update(per)
+        for m, per in piece.unavailable.items():
+            out.unavailable.setdefault(m, {}).update(per)
+        for m, s in piece.series.items():
+            out.series.setdefault(m, s)
+    return out
+
+
+def report_run(config: EvalConfig, p: Prepared, fitted: list[Fitted], measured: list[tuple[Measured, Measured, dict]],
+               timings: dict, progress=None) -> dict:
+    """Stage 4: ``results.json``, ``results.csv``, ``report.md``, the plots and the side-by-side
+    video from the stages' results (``measured`` per method, in ``fitted``'s order); returns the document."""
+    from .report import write_outputs
+    from .stats import summarize
+
+    progress = progress or _progress_printer(False)
+    metrics, free, metric_unavail = metrics_of(config, p)
+    ok = [f for f in fitted if f.info is not None]
+    names = [f.name for f in fitted]
+    method_info = {f.name: f.info for f in ok}
+    unavailable_methods = {f.name: f.unavailable for f in fitted if f.info is None}
+    reasons: dict[str, str] = {}
+    for _, _, r in measured:
+        for k, v in r.items():
+            reasons.setdefault(k, v)
+    own = merge_measured([a for a, _, _ in measured])
+    cross = merge_measured([b for _, b, _ in measured])
+    for f in ok:
+        own.values.setdefault(f.name, {mt.name: [] for mt in metrics})
+        cross.values.setdefault(f.name, {mt.name: [] for mt in free})
+    results = _summaries(ok, metrics, own.values, metric_unavail, unavailable_methods, summarize, config.seed, reasons)
     cross_results, cross_samples = {}, {}
-    if config.cross_audio_test and clips:
-        free = [mt for mt in metrics if not mt.needs_reference]
-        wavs = cross_audio_files(config, cache)
-        # each foreign sentence over another test clip's frames
-        jobs = [Job(wav.stem, clips[j % len(clips)], wav, False) for j, wav in enumerate(wavs)]
-        cross = measure(methods, jobs, free, settings, method_info, videos="videos/cross_audio",
-                        samples="samples_cross", label="cross-audio", **common)
+    if p.cross_audio:
         cross_samples = {m: {key: e["video"] for key, e in per.items()} for m, per in cross.per_sample.items()}
-        cross_results = _summaries(methods, free, cross.values, metric_unavail, unavailable_methods, summarize,
+        cross_results = _summaries(ok, free, cross.values, metric_unavail, unavailable_methods, summarize,
                                    config.seed, reasons)
-    timings["cross_audio"] = time.perf_counter() - t0
-
-    # 6. results.json, results.csv, report.md, plots, the side-by-side video
+    device = p.settings.get("device", config.device)
     doc = {
         "results_version": RESULTS_VERSION,
         "results": results,
@@ -290,12 +409,13 @@ def run(config: EvalConfig) -> dict:
         "per_clip": own.per_sample,
         "per_clip_unavailable": {k: v for k, v in own.unavailable.items() if v},
         "cross_audio_videos": cross_samples,
-        "test_clips": [{"name": c.name, "video": str(c.video), "frames": c.frames, "fps": c.fps} for c in clips],
-        "protocol": protocol,
+        "test_clips": [{"name": c.name, "video": str(c.video), "frames": c.frames, "fps": c.fps} for c in p.clips],
+        "protocol": p.protocol,
         "config": {"video": str(config.video), "test_clips": str(config.test_clips) if config.test_clips else None,
-                   "methods": method_names, "metrics": [mt.name for mt in metrics], "preset": config.preset,
+                   "methods": names, "metrics": [mt.name for mt in metrics], "preset": config.preset,
                    "seed": config.seed, "device": device, "test_fraction": config.test_fraction,
                    "clip_seconds": config.clip_seconds, "max_test_clips": config.max_test_clips,
+                   "train_seconds": config.train_seconds,
                    "cross_audio": list(config.cross_audio) if config.cross_audio else None,
                    "renderer": config.renderer, "bootstrap": {"resamples": 2000, "seed": config.seed}},
         "versions": _versions(),
@@ -303,14 +423,30 @@ def run(config: EvalConfig) -> dict:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "timings_s": timings,
     }
-    from .report import write_outputs
-
     t0 = time.perf_counter()
-    write_outputs(out, doc, clips, own.series, make_video=config.side_by_side, progress=progress)
+    write_outputs(p.out, doc, list(p.clips), own.series, make_video=config.side_by_side, progress=progress)
     timings["report"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - t_start
     doc["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
-    write_json(out / "results.json", doc)
+    write_json(p.out / "results.json", doc)
+    return doc
+
+
+def run(config: EvalConfig) -> dict:
+    """Prepare the protocol, fit every method, measure self-reenactment and cross-audio, write the
+    results folder; returns ``results.json``'s document."""
+    t_start = time.perf_counter()
+    progress = _progress_printer(not config.quiet)
+    p = prepare_run(config, progress)
+    timings = dict(p.timings)
+    fitted = [fit_method(config, p, name, progress) for name in method_names(config)]
+    timings["fit"] = sum(f.info["fit_wall_s"] for f in fitted if f.info)
+    own, cross = jobs_of(p)
+    t0 = time.perf_counter()
+    measured = [measure_jobs(config, p, f, own, cross, progress) for f in fitted if f.info is not None]
+    timings["render_and_measure"] = time.perf_counter() - t0
+    doc = report_run(config, p, fitted, measured, timings, progress)
+    doc["timings_s"]["total"] = round(time.perf_counter() - t_start, 1)
+    write_json(p.out / "results.json", doc)
     return doc
 
 
@@ -336,13 +472,17 @@ def _summaries(methods, metrics, values, metric_unavail, unavailable_methods, su
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m eval.run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--video", required=True, help="the speaker's video (training footage; also the test set without --test-clips)")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--video", help="the speaker's video (training footage; also the test set without --test-clips)")
+    src.add_argument("--dataset", metavar="DATASET",
+                     help="many speakers: a YAML file or a folder of speakers (see eval/dataset.py); runs on Ray and "
+                          "writes each speaker's results under RESULTS/speakers/ and pooled.md over them")
     ap.add_argument("--test-clips", help="a folder of separate clips of the same speaker to test on")
     ap.add_argument("--out", required=True, help="results folder (created; re-runs reuse its cache)")
     ap.add_argument("--methods", nargs="+", metavar="NAME",
                     help=f"methods to compare (default: {' '.join(DEFAULT_METHODS)}; also: external, wav2lip_checkpoint)")
     ap.add_argument("--metrics", nargs="+", metavar="NAME", help="metrics to compute (default: all)")
-    ap.add_argument("--preset", choices=["tiny", "quick", "full"], default="quick",
+    ap.add_argument("--preset", choices=["tiny", "quick", "full"], default=None,
                     help="training preset of the trainable methods (tiny: a smoke test, not a usable model)")
     ap.add_argument("--test-fraction", type=float, default=0.2, help="held-out end of the video (default 0.2)")
     ap.add_argument("--clip-seconds", type=float, default=5.0, help="length of the test clips cut from it (default 5)")
@@ -370,8 +510,36 @@ def build_parser() -> argparse.ArgumentParser:
                     help="instead of the comparison, the audio-lookahead study: lipsync3d trained with an audio window "
                          "reaching MS ms past each frame for each MS (multiples of 10; 110 is the default window), "
                          "measured on the same test clips (lookahead.md and plots/lookahead.png in --out)")
+    ap.add_argument("--ray-address", metavar="ADDRESS",
+                    help="with --dataset: join the Ray cluster at ADDRESS (default: $RAY_ADDRESS, else an embedded "
+                         "local Ray on this machine); every node must see --out at the same path")
+    ap.add_argument("--num-cpus", type=int, metavar="N", help="with --dataset: CPUs of the embedded local Ray (default: all)")
     ap.add_argument("--quiet", action="store_true", help="no progress output")
     return ap
+
+
+def _main_dataset(args) -> int:
+    from lipsync.common import LipsyncError
+
+    from .dataset import load_dataset, run_dataset
+
+    if args.train_seconds or args.lookahead_ms or args.test_clips:
+        raise LipsyncError("with --dataset, put the sweeps and the held-out clips in the dataset file "
+                           "(sweeps: train_seconds: [...]; a speaker's test_clips).")
+    if args.num_cpus is not None and args.num_cpus < 1:
+        raise LipsyncError("--num-cpus must be at least 1.")
+    dataset = load_dataset(args.dataset)
+    # options given on the command line win over the dataset file's
+    given = {"methods": tuple(args.methods) if args.methods else None, "metrics": tuple(args.metrics) if args.metrics else None,
+             "preset": args.preset, "max_test_clips": args.max_test_clips,
+             "cross_audio_test": False if args.no_cross_audio else None, "side_by_side": False if args.no_video else None}
+    dataset = replace(dataset, settings={**dataset.settings, **{k: v for k, v in given.items() if v is not None}})
+    base = EvalConfig.from_args(args)
+    doc = run_dataset(dataset, base, Path(args.out), address=args.ray_address, num_cpus=args.num_cpus)
+    done = sum(1 for s in doc["speakers"].values() if s["status"] == "done")
+    print(f"results: {Path(args.out) / 'pooled.md'} ({done} of {len(doc['speakers'])} speakers, "
+          f"{doc['engine']['wall_s']:.0f} s)")
+    return 0 if done == len(doc["speakers"]) else 1
 
 
 def main(argv=None) -> int:
@@ -380,6 +548,10 @@ def main(argv=None) -> int:
     setup_cache_env()
     args = build_parser().parse_args(argv)
     try:
+        if args.dataset:
+            return _main_dataset(args)
+        if args.ray_address or args.num_cpus:
+            raise LipsyncError("--ray-address and --num-cpus go with --dataset.")
         if args.train_seconds or args.lookahead_ms:
             from .sweeps import EFFICIENCY, LOOKAHEAD, run_sweep
 

@@ -65,9 +65,10 @@ class Variant(LipSync3D):
         return info
 
 
-def first_seconds(train_video: Path, train_prepared: Path, seconds: float, cache: Path, progress=None) -> tuple[Path, float]:
-    """(prepared clip, its length in seconds) of the first ``seconds`` of the training footage; the
-    whole training clip when it is not longer than that."""
+def first_seconds(train_video: Path, train_prepared: Path, seconds: float, cache: Path,
+                  progress=None) -> tuple[Path, Path, float]:
+    """(video, prepared clip, length in seconds) of the first ``seconds`` of the training footage;
+    the whole training clip when it is not longer than that."""
     from lipsync.prepared import open_prepared
 
     from .protocol import prepare_cached, write_segment
@@ -75,14 +76,14 @@ def first_seconds(train_video: Path, train_prepared: Path, seconds: float, cache
     clip = open_prepared(train_prepared)
     frames = int(round(seconds * clip.fps))
     if frames >= clip.num_frames:
-        return Path(train_prepared), clip.num_frames / clip.fps
+        return Path(train_video), Path(train_prepared), clip.num_frames / clip.fps
     audio, _ = clip.audio()
     folder = cache / f"first-{content_key(Path(train_prepared) / 'manifest.json', frames)}"
     folder.mkdir(parents=True, exist_ok=True)
     video = folder / f"first_{seconds:g}s.mp4"
     if not video.is_file():
         write_segment(Path(train_video), audio, 0, frames, clip.fps, video, folder)
-    return prepare_cached(video, cache, sync_audio=False, progress=progress), frames / clip.fps
+    return video, prepare_cached(video, cache, sync_audio=False, progress=progress), frames / clip.fps
 
 
 def check_values(study: Study, preset: str, values: list) -> None:
@@ -106,7 +107,7 @@ def efficiency_variants(ctx, seconds: list[float]) -> list[Variant]:
     training part, once)."""
     out: list[Variant] = []
     for s in sorted(set(float(x) for x in seconds)):
-        prepared, used = first_seconds(ctx.train_video, ctx.train_prepared, s, ctx.cache, ctx.progress)
+        _, prepared, used = first_seconds(ctx.train_video, ctx.train_prepared, s, ctx.cache, ctx.progress)
         if any(v.value == used for v in out):
             continue
         out.append(Variant(ctx, f"lipsync3d_{s:g}s", f"lipsync3d trained on the first {used:g} s of the training footage",

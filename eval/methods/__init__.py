@@ -26,6 +26,8 @@ class Method:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     trainable: ClassVar[bool] = False
+    # the method whose trained model this one uses (its fit waits for that one's in a dataset run)
+    trains_as: ClassVar[str | None] = None
 
     def __init__(self, ctx: RunContext):
         self.ctx = ctx

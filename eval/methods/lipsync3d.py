@@ -103,6 +103,7 @@ class NoAutoregression(LipSync3D):
 class NoMouthBank(LipSync3D):
     name = "no_mouth_bank"
     description = "ablation: lipsync3d's own model, with the network's mouth instead of the mouth bank's real mouths"
+    trains_as = "lipsync3d"
 
     def fit(self) -> dict:
         self.model_dir, info = train_cached(self.ctx, LipSync3D.name, self.ctx.train_prepared, self.options())

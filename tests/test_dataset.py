@@ -1,0 +1,260 @@
+"""The evaluation of a dataset of speakers on Ray (``python -m eval.run --dataset``): the dataset
+file, pooled numbers equal to serial per-speaker runs, a speaker that fails alone, resuming after
+Ctrl-C, a worker killed mid-training, and (slow) a real two-node cluster."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import FIXTURES, GRID_CLIP, ROOT, ffmpeg, free_port
+from lipsync.common import LipsyncError
+
+METHODS = ["ground_truth", "frozen", "lipsync3d", "no_mouth_bank"]
+METRICS = ["lmd", "mouth_corr", "sharpness"]
+SETTINGS = ("methods: [" + ", ".join(METHODS) + "]\nmetrics: [" + ", ".join(METRICS) + "]\n"
+            "preset: tiny\nmax_test_clips: 1\ncross_audio: false\nside_by_side: false\n")
+
+
+def _env() -> dict:
+    # one torch thread per task, as the Ray tasks use: torch's float sums depend on the thread count
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def _eval(args: list[str], **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "eval.run", *args, "--quiet"], cwd=ROOT, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def speakers(tmp_path_factory) -> dict:
+    """Two real speakers' clips (the GRID fixture, and 4 s of the other GRID fixture) and a video without a face."""
+    d = tmp_path_factory.mktemp("speakers")
+    ffmpeg("-ss", "6", "-i", str(FIXTURES / "grid_s1_19clips.mp4"), "-t", "4", "-c:v", "libx264", "-crf", "12",
+           "-c:a", "aac", str(d / "b.mp4"))
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=3", "-f", "lavfi", "-i",
+           "sine=frequency=300:duration=3", "-c:v", "libx264", "-c:a", "aac", "-shortest", str(d / "noface.mp4"))
+    return {"a": GRID_CLIP, "b": d / "b.mp4", "noface": d / "noface.mp4"}
+
+
+def _dataset(path: Path, speakers: dict, names: list[str], extra: str = "") -> Path:
+    text = SETTINGS + extra + "speakers:\n" + "".join(f"  - name: {n}\n    video: {speakers[n]}\n" for n in names)
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dataset_run(tmp_path_factory, speakers):
+    """Two speakers and the faceless video through an embedded local Ray with 2 CPUs (in this process)."""
+    from eval.run import main
+
+    d = tmp_path_factory.mktemp("dataset")
+    spec = _dataset(d / "dataset.yaml", speakers, ["a", "b", "noface"])
+    out = d / "results"
+    rc = main(["--dataset", str(spec), "--out", str(out), "--num-cpus", "2", "--quiet"])
+    return spec, out, rc
+
+
+def test_dataset_file_is_checked_in_one_sentence(tmp_path, speakers):
+    from eval.dataset import load_dataset
+
+    bad = {
+        "speakers: []\n": "lists no speakers",
+        "speakers:\n  - name: a\n": "names no video",
+        "speakers:\n  - name: ../x\n    video: a.mp4\n": "must be letters",
+        "speakers:\n  - {name: a, video: a.mp4}\n  - {name: A, video: b.mp4}\n": "two speakers are called",
+        "speakers:\n  - {name: a, video: a.mp4, colour: red}\n": "unknown key 'colour'",
+        "preset: huge\nspeakers:\n  - {name: a, video: a.mp4}\n": "preset must be",
+        "sweeps: {train_seconds: [-3]}\nspeakers:\n  - {name: a, video: a.mp4}\n": "above 0",
+        "speakers: [": "not valid YAML",
+    }
+    for text, message in bad.items():
+        f = tmp_path / "d.yaml"
+        f.write_text(text)
+        with pytest.raises(LipsyncError, match=message):
+            load_dataset(f)
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("test_fraction: 0.3\nsweeps: {train_seconds: [2, 1]}\nspeakers:\n"
+                  "  - {name: s1, video: clips/s1.mp4, clip_seconds: 2}\n")
+    ds = load_dataset(ok)
+    assert ds.speakers[0].video == (tmp_path / "clips" / "s1.mp4").resolve()
+    assert ds.settings == {"test_fraction": 0.3} and ds.speakers[0].settings == {"clip_seconds": 2.0}
+    assert ds.train_seconds == (1.0, 2.0)
+    # a folder of speakers: one subfolder (with its test/ clips) or one video each
+    folder = tmp_path / "folder"
+    (folder / "alice" / "test").mkdir(parents=True)
+    (folder / "alice" / "talk.mp4").write_bytes(b"x")
+    (folder / "bob.mp4").write_bytes(b"x")
+    ds = load_dataset(folder)
+    assert [s.name for s in ds.speakers] == ["alice", "bob"]
+    assert ds.speakers[0].test_clips == (folder / "alice" / "test").resolve() and ds.speakers[1].test_clips is None
+    (folder / "alice" / "other.mp4").write_bytes(b"x")
+    with pytest.raises(LipsyncError, match="exactly one training video"):
+        load_dataset(folder)
+
+
+def test_dataset_run_pools_speakers_and_equals_serial_runs(dataset_run, speakers):
+    """Each speaker's results equal ``eval.run --video`` on that speaker alone (same thread count),
+    and the pooled numbers equal pooling those serial runs."""
+    from eval.dataset import load_dataset, pool
+
+    spec, out, rc = dataset_run
+    assert rc == 1  # one speaker failed
+    doc = json.loads((out / "pooled.json").read_text())
+    serial = {}
+    for name in ("a", "b"):
+        folder = out.parent / f"serial_{name}"
+        p = _eval(["--video", str(speakers[name]), "--methods", *METHODS, "--metrics", *METRICS, "--preset", "tiny",
+                   "--max-test-clips", "1", "--no-cross-audio", "--no-video", "--out", str(folder)])
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+        serial[name] = json.loads((folder / "results.json").read_text())
+        ours = json.loads((out / "speakers" / name / "results.json").read_text())
+        assert ours["results"] == serial[name]["results"], name
+        assert ours["per_clip"].keys() == serial[name]["per_clip"].keys()
+    reports = {n: {"results": d["results"], "cross_audio": d["cross_audio"], "claims": d["claims"],
+                   "metrics": d["metrics"], "results_json": "", "test_clips": 1, "train_seconds": 0.0}
+               for n, d in serial.items()}
+    again = pool(load_dataset(spec), reports, {"noface": "failed"}, seed=0)
+    assert again["results"] == doc["results"] and again["claims"] == doc["claims"]
+    assert set(doc["results"]) == set(METHODS) and doc["results"]["lipsync3d"]["lmd"]["n_speakers"] == 2
+    assert doc["results"]["lipsync3d"]["lmd"]["ci95"] is not None  # an interval over the two speakers
+    # the faceless speaker failed alone, with one sentence
+    assert doc["speakers"]["a"]["status"] == doc["speakers"]["b"]["status"] == "done"
+    failed = doc["speakers"]["noface"]
+    assert failed["status"] == "failed" and "noface/prepare failed:" in failed["error"] and "\n" not in failed["error"]
+    md = (out / "pooled.md").read_text()
+    assert "Pooled results over 2 of 3 speakers" in md and "**failed**" in md and "## Per speaker" in md
+    for f in ("pooled.csv", "per_speaker.csv", "plots/pooled_metrics.png", "speakers/a/report.md"):
+        assert (out / f).stat().st_size > 0, f
+    eng = doc["engine"]
+    assert eng["cpus"] == 2 and eng["retries"] == {} and eng["counts"]["failed"] == 1
+    progress = json.loads((out / "progress.json").read_text())
+    assert progress["finished"] and progress["tasks"]["a/fit/lipsync3d"]["status"] == "done"
+
+
+def _artifacts(out: Path) -> dict[str, float]:
+    """Every prepared clip, trained model, rendered video and metric value under the run, with its mtime."""
+    keep = (".npy", ".safetensors", ".mp4", ".json")
+    skip = ("results.json", "pooled.json", "progress.json", "summary.json")
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("*")
+            if p.is_file() and p.suffix in keep and p.name not in skip and "engine" not in p.parts
+            and not p.name.endswith(".frames.npy")}  # decoded frames: scratch of a measurement in progress
+
+
+def test_a_second_run_recomputes_nothing(dataset_run):
+    from eval.run import main
+
+    spec, out, _ = dataset_run
+    before = _artifacts(out)
+    assert any(k.endswith("model.safetensors") for k in before) and any("/videos/" in k for k in before)
+    assert main(["--dataset", str(spec), "--out", str(out), "--num-cpus", "2", "--quiet"]) == 1
+    assert _artifacts(out) == before
+    doc = json.loads((out / "pooled.json").read_text())
+    fits = json.loads((out / "speakers" / "a" / "results.json").read_text())["methods"]
+    assert fits["lipsync3d"]["cached"] is True and doc["speakers"]["a"]["status"] == "done"
+
+
+def _wait_for(progress: Path, proc: subprocess.Popen, test, timeout: float = 300.0) -> dict:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        assert proc.poll() is None, proc.communicate()[1]
+        try:
+            state = json.loads(progress.read_text())
+        except (OSError, ValueError):
+            state = None
+        if state and test(state["tasks"]):
+            return state["tasks"]
+        time.sleep(0.1)
+    proc.kill()
+    pytest.fail("the run never reached the expected state")
+
+
+def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(tmp_path, speakers, dataset_run):
+    spec = _dataset(tmp_path / "one.yaml", speakers, ["a"])
+    out = tmp_path / "results"
+    p = _eval(["--dataset", str(spec), "--out", str(out), "--num-cpus", "2"])
+    _wait_for(out / "progress.json", p, lambda t: t["a/fit/lipsync3d"]["status"] == "done")
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "run the same command again" in err
+    finished = _artifacts(out)
+    models = [k for k in finished if k.endswith("model.safetensors")]
+    assert models
+    p = _eval(["--dataset", str(spec), "--out", str(out), "--num-cpus", "2"])
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+    after = _artifacts(out)
+    assert all(after[k] == finished[k] for k in finished)  # nothing finished was made again
+    _, first, _ = dataset_run
+    ours = json.loads((out / "speakers" / "a" / "results.json").read_text())["results"]
+    assert ours == json.loads((first / "speakers" / "a" / "results.json").read_text())["results"]
+
+
+def test_a_worker_killed_mid_training_is_retried_with_identical_results(tmp_path, speakers, dataset_run):
+    spec = _dataset(tmp_path / "one.yaml", speakers, ["a"])
+    out = tmp_path / "results"
+    p = _eval(["--dataset", str(spec), "--out", str(out), "--num-cpus", "2"])
+    tasks = _wait_for(out / "progress.json", p, lambda t: t["a/fit/lipsync3d"]["status"] == "running")
+    time.sleep(1.0)  # into the training
+    os.kill(tasks["a/fit/lipsync3d"]["pid"], signal.SIGKILL)
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+    doc = json.loads((out / "pooled.json").read_text())
+    assert doc["engine"]["retries"] == {"a/fit/lipsync3d": 2}
+    assert "a/fit/lipsync3d (2 attempts)" in (out / "pooled.md").read_text()
+    _, first, _ = dataset_run
+    ours = json.loads((out / "speakers" / "a" / "results.json").read_text())["results"]
+    assert ours == json.loads((first / "speakers" / "a" / "results.json").read_text())["results"]
+
+
+def _kill_cluster(temp_dir: Path) -> None:
+    """End the Ray processes of the cluster started with ``--temp-dir temp_dir`` (and only those)."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if str(temp_dir) in cmd:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                pass
+
+
+@pytest.mark.slow
+def test_a_two_node_cluster_runs_the_same_dataset(tmp_path, speakers, dataset_run):
+    """A head and a worker node joined with ``ray start`` on loopback ports, one CPU each; the
+    dataset goes through ``--ray-address`` and gives the embedded run's results."""
+    ray = Path(sys.executable).parent / "ray"
+    temp = Path("/tmp") / f"ray-two-node-{os.getpid()}"
+    port = free_port()
+    env = _env()
+    try:
+        subprocess.run([str(ray), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                        "--num-cpus", "1", "--temp-dir", str(temp), "--include-dashboard", "false",
+                        "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=120)
+        subprocess.run([str(ray), "start", "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1",
+                        "--num-cpus", "1", "--disable-usage-stats"], check=True, env=env,
+                       capture_output=True, timeout=120)
+        spec, first, _ = dataset_run
+        spec2 = _dataset(tmp_path / "two.yaml", speakers, ["a", "b"])
+        out = tmp_path / "results"
+        p = _eval(["--dataset", str(spec2), "--out", str(out), "--ray-address", f"127.0.0.1:{port}"])
+        _, err = p.communicate(timeout=900)
+        assert p.returncode == 0, err
+        doc = json.loads((out / "pooled.json").read_text())
+        assert doc["engine"]["nodes"] == 2 and doc["engine"]["cpus"] == 2
+        for name in ("a", "b"):
+            ours = json.loads((out / "speakers" / name / "results.json").read_text())["results"]
+            assert ours == json.loads((first / "speakers" / name / "results.json").read_text())["results"]
+    finally:
+        _kill_cluster(temp)
