@@ -4,12 +4,16 @@
     python -m eval.bench train PREPARED_DIR [--preset quick]
     python -m eval.bench synthesize --model MODEL_DIR --audio FILE [--target VIDEO]
     python -m eval.bench stream --model MODEL_DIR --audio FILE [--target VIDEO] [--chunk-ms 20] [--sessions N]
+    python -m eval.bench ray --dataset DATASET [--cpus 1 2] [--projection-from RESULTS.json]
 
 ``preprocess`` reports frames per second for each stage and overall; ``train`` the seconds until
 the preset's final validation loss is first reached (within 2%) and in all; ``synthesize`` output
 frames per second end to end and per stage; ``stream`` feeds the audio to a live session in
 real-time chunks and reports the latency from a chunk's arrival to the first frame that shows it
-(split into the model's lookahead and computing) and the frames per second it sustained. Each reports the peak resident memory of the process
+(split into the model's lookahead and computing) and the frames per second it sustained; ``ray``
+runs a dataset evaluation from scratch on an embedded local Ray confined to 1, 2, ... cores (the
+speed-up), times Ray's scheduling overhead per task, and projects a large benchmark's wall time on
+a cluster from the per-task times of a single-speaker ``eval.run``. Each reports the peak resident memory of the process
 and of its children (ffmpeg). Results are printed and can be written as JSON (``--json``) with
 the machine and versions, so figures can be compared.
 """
@@ -234,6 +238,109 @@ def bench_stream(model_dir: str, audio: str, *, target: str | None = None, rende
     return out
 
 
+def _noop(i: int) -> int:
+    return i
+
+
+def bench_ray(dataset: str, *, cpus: list[int], keep: str | None = None, projection_from: str | None = None,
+              overhead_tasks: int = 200) -> dict:
+    """A dataset evaluation from scratch on a local Ray of each CPU count in ``cpus`` (the process
+    tree confined to that many cores, so a 1-CPU run cannot borrow the others); Ray's overhead per
+    task (no-op tasks through the same graph runner); and the projection (``project_benchmark``)."""
+    from eval.config import EvalConfig
+    from eval.dataset import load_dataset, run_dataset
+    from lipsync.common import LipsyncError
+    from lipsync.engine import Task, connect, disconnect, run_graph
+
+    ds = load_dataset(dataset)
+    cores = sorted(os.sched_getaffinity(0))
+    if max(cpus) > len(cores):
+        raise LipsyncError(f"this machine has {len(cores)} cores; ask for at most that many CPUs.")
+    work = Path(keep or tempfile.mkdtemp(prefix="bench-ray-"))
+    runs = []
+    base = EvalConfig(video=None, out=work, quiet=True)
+    try:
+        for n in cpus:
+            out = work / f"cpus{n}"
+            shutil.rmtree(out, ignore_errors=True)
+            os.sched_setaffinity(0, set(cores[:n]))
+            try:
+                t0 = time.perf_counter()
+                doc = run_dataset(ds, base, out, num_cpus=n)
+                wall = time.perf_counter() - t0
+            finally:
+                os.sched_setaffinity(0, set(cores))
+            secs = doc["engine"]["task_seconds"]
+            runs.append({"cpus": n, "wall_s": round(wall, 1), "tasks": doc["engine"]["tasks"],
+                         "task_seconds_sum": round(sum(secs.values()), 1), "counts": doc["engine"]["counts"],
+                         "speakers_done": sum(1 for v in doc["speakers"].values() if v["status"] == "done")})
+            print(f"  {n} CPU(s): {wall:.1f} s", file=sys.stderr, flush=True)
+        info = connect(None, num_cpus=len(cores))
+        try:
+            t0 = time.perf_counter()
+            run_graph([Task(f"noop{i}", _noop, (i,)) for i in range(overhead_tasks)], work / "overhead", show=False)
+            per_task = (time.perf_counter() - t0) / overhead_tasks
+        finally:
+            disconnect(info)
+    finally:
+        if keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+    one = next((r for r in runs if r["cpus"] == min(cpus)), None)
+    for r in runs:
+        r["speedup"] = round(one["wall_s"] / r["wall_s"], 2) if one else None
+    result = {"dataset": str(dataset), "speakers": len(ds.speakers), "runs": runs,
+              "overhead_ms_per_task": round(1000 * per_task, 1), "overhead_tasks": overhead_tasks, "machine": _machine()}
+    if projection_from:
+        result["projection"] = project_benchmark(projection_from)
+    return result
+
+
+def project_benchmark(results_json: str, *, speakers: int = 50, lengths: int = 3, methods: int = 7,
+                      nodes=(1, 2, 4, 8, 16), cpus_per_node: int = 8, prepare_fps: float = 110.0) -> dict:
+    """Wall time of ``speakers`` x ``lengths`` training lengths x ``methods`` methods on N nodes of
+    ``cpus_per_node`` CPUs, from one speaker's ``eval.run`` results (its measured preparation,
+    training and per-(method, clip) times, and ``prepare_fps``: preprocessing's measured frames per
+    second on that footage; every training of a method as long as there, and each
+    task's CPU time taken as its measured wall time on that run's cores, an upper bound).
+    Wall = max(all the work spread over the CPUs, one speaker's critical path)."""
+    d = json.loads(Path(results_json).read_text())
+    t, cores = d["timings_s"], d["machine"]["cpus"]
+    fits = [v.get("train_seconds") or v.get("seconds") for v in d["methods"].values()]
+    fits = [float(f) for f in fits if f]
+    fit_mean = sum(fits) / len(fits)
+    n_methods, n_clips = len(d["methods"]), len(d["test_clips"])
+    n_cross = len(next(iter(d["cross_audio_videos"].values()), {})) if d.get("cross_audio_videos") else 0
+    unit = (t["render_and_measure"] + t.get("cross_audio", 0.0)) / max(1, n_methods * (n_clips + n_cross))
+    # preprocessing every frame once (the training footage and the test clips) at ``prepare_fps``,
+    # the speed `eval.bench preprocess` measured on the same footage (the run itself reused a cache)
+    frames = d["protocol"].get("train_frames", 0) + sum(c["frames"] for c in d["test_clips"])
+    prepare = frames / prepare_fps + t.get("sync_expert", 0.0)
+    trained = methods - 2  # ground truth and the frozen face train nothing
+    per_point = trained * fit_mean + methods * (n_clips + n_cross) * unit + t.get("report", 0.0)
+    cpu_s = cores * speakers * (prepare + lengths * per_point)
+    critical = prepare + max(fits) + unit + t.get("report", 0.0)
+    rows = [{"nodes": n, "cpus": n * cpus_per_node, "hours": round(max(cpu_s / (n * cpus_per_node), critical) / 3600, 1)}
+            for n in nodes]
+    return {"from": str(results_json), "prepare_fps": prepare_fps, "speakers": speakers, "lengths": lengths, "methods": methods,
+            "fit_s_mean": round(fit_mean, 1), "fit_s_max": round(max(fits), 1), "measure_unit_s": round(unit, 2),
+            "prepare_s": round(prepare, 1), "clips": n_clips, "cross_audio": n_cross, "cpu_hours": round(cpu_s / 3600, 1),
+            "critical_path_h": round(critical / 3600, 2), "rows": rows, "gpu": "no GPU figures measured yet"}
+
+
+def _print_ray(r: dict) -> None:
+    print(f"dataset evaluation on local Ray: {r['speakers']} speakers")
+    for run in r["runs"]:
+        print(f"  {run['cpus']} CPU(s): {run['wall_s']} s wall, {run['tasks']} tasks (sum of task times "
+              f"{run['task_seconds_sum']} s), speed-up {run['speedup']}x, speakers done {run['speakers_done']}")
+    print(f"  scheduling overhead: {r['overhead_ms_per_task']} ms per task ({r['overhead_tasks']} no-op tasks)")
+    pj = r.get("projection")
+    if pj:
+        print(f"  projection: {pj['speakers']} speakers x {pj['lengths']} training lengths x {pj['methods']} methods "
+              f"= {pj['cpu_hours']} CPU-hours (critical path {pj['critical_path_h']} h)")
+        for row in pj["rows"]:
+            print(f"    {row['nodes']:>3} nodes x 8 CPUs: {row['hours']} h")
+
+
 def _print_stream(r: dict) -> None:
     lat, comp = r["latency_ms"], r["compute_ms"]
     print(f"stream {r['frames']} frames at {r['resolution']} ({r['fps_video']:g} fps video), {r['chunk_ms']:g} ms chunks"
@@ -337,6 +444,14 @@ def main(argv=None) -> int:
     p.add_argument("--chunk-ms", type=float, default=20.0)
     p.add_argument("--as-fast-as-possible", action="store_true", help="do not wait for each chunk's real arrival time")
     p.add_argument("--sessions", type=int, default=1, help="concurrent live sessions (each frame then also encoded as JPEG)")
+    p = sub.add_parser("ray", help="a dataset evaluation on local Ray with 1, 2, ... CPUs; overhead; projection",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataset", required=True, help="a dataset file or folder (see eval/dataset.py)")
+    p.add_argument("--cpus", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--keep", help="keep the runs' results in this folder")
+    p.add_argument("--projection-from", metavar="RESULTS_JSON",
+                   help="a single-speaker eval.run results.json whose measured times project a 50-speaker benchmark")
+    p.add_argument("--json", help="also write the results to this JSON file")
     p = sub.add_parser("study", help="load-test the human-study server: simulated raters answer concurrently",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--study", default=None, help="a study file (default: a synthetic study made with ffmpeg)")
@@ -360,6 +475,9 @@ def main(argv=None) -> int:
             result = bench_stream(args.model, args.audio, target=args.target, renderer=args.renderer,
                                   chunk_ms=args.chunk_ms, realtime=not args.as_fast_as_possible, sessions=args.sessions)
             _print_stream(result)
+        elif args.what == "ray":
+            result = bench_ray(args.dataset, cpus=args.cpus, keep=args.keep, projection_from=args.projection_from)
+            _print_ray(result)
         else:
             from human_study.loadtest import bench_study
 

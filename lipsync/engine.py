@@ -14,8 +14,8 @@ done, so independent work runs in parallel and nothing waits on what it does not
 * Progress: one display across the graph (groups x stages, done / running / failed, elapsed and
   estimated remaining) on the terminal, and ``progress.json`` in the run's folder with every
   task's state, attempts, worker process and host.
-* Interrupts: Ctrl-C cancels the running tasks and returns; finished work is on disk, so the
-  same command resumes.
+* Interrupts: Ctrl-C (or SIGTERM) cancels the running tasks and returns; finished work is on
+  disk, so the same command resumes.
 
 Every node must see the run's folder at the same path (one machine, or a shared filesystem on a
 cluster) and have this project installed (the project's Docker image is a worker image).
@@ -259,6 +259,14 @@ def run_graph(tasks: list[Task], folder: str | os.PathLike, *, title: str = "run
             submitted[key] = time.time()
             waiting.remove(key)
 
+    # a stop request from outside (kill, a Kubernetes job ending) stops like Ctrl-C
+    import signal
+    import threading
+
+    def _terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None
     try:
         while True:
             # skipping can make more tasks decidable: repeat until nothing changes
@@ -289,6 +297,9 @@ def run_graph(tasks: list[Task], folder: str | os.PathLike, *, title: str = "run
             outcomes[key] = Outcome(key, "cancelled", error="interrupted")
         display.update(outcomes, [], submitted, time.time() - t_start, final=True)
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     display.update(outcomes, [], submitted, time.time() - t_start, final=True)
     return outcomes
 

@@ -161,6 +161,26 @@ def test_a_second_run_recomputes_nothing(dataset_run):
     assert fits["lipsync3d"]["cached"] is True and doc["speakers"]["a"]["status"] == "done"
 
 
+def test_training_length_sweep_pools_each_method_over_speakers(dataset_run, speakers):
+    """``sweeps: train_seconds``: every method also trained on the first N seconds of each speaker's
+    training footage; the main runs are reused from the earlier run."""
+    from eval.run import main
+
+    _, out, _ = dataset_run
+    spec = _dataset(out.parent / "sweep.yaml", speakers, ["a", "b"], extra="sweeps: {train_seconds: [2.2]}\n")
+    assert main(["--dataset", str(spec), "--out", str(out), "--num-cpus", "2", "--quiet"]) == 0
+    doc = json.loads((out / "pooled.json").read_text())
+    line = doc["sweep"]["lmd"]["lipsync3d"]
+    assert [e["train_seconds"] for e in line][0] == 2.2 and line[-1]["all"] and len(line) == 2
+    assert all(e["n_speakers"] == 2 for e in line) and line[0]["used_seconds"] < line[1]["used_seconds"]
+    assert set(doc["sweep"]["mouth_corr"]) == set(METHODS)
+    for name in ("a", "b"):
+        cut = json.loads((out / "speakers" / name / "sweeps" / "train_2.2s" / "results.json").read_text())
+        assert cut["protocol"]["train_seconds"] == pytest.approx(2.2, abs=0.05)
+    assert (out / "plots" / "sweep_train_seconds.png").stat().st_size > 1000
+    assert "## Training-length sweep" in (out / "pooled.md").read_text()
+
+
 def _wait_for(progress: Path, proc: subprocess.Popen, test, timeout: float = 300.0) -> dict:
     t0 = time.time()
     while time.time() - t0 < timeout:

@@ -17,6 +17,7 @@ training resumes from its checkpoint.
 """
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -50,6 +51,8 @@ def train_cached(ctx: RunContext, name: str, prepared: Path, options) -> tuple[P
         return folder.path, {"cached": True, "train_seconds": info.seconds, "steps": info.steps,
                              "val_loss": info.val_loss, "model": str(folder.path)}
     resume = folder.state() == "stopped"
+    if not resume and folder.path.exists():
+        shutil.rmtree(folder.path)  # an attempt that died before its first checkpoint
     t0 = time.perf_counter()
     info = train(prepared, folder.path, options=options, device=ctx.device, resume=resume,
                  progress=lambda step, total, losses: ctx.progress(f"train {name}", step, total)).summary()
