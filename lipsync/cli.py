@@ -134,6 +134,22 @@ def _cmd_synthesize(args) -> int:
     return 0
 
 
+def _cmd_batch(args) -> int:
+    from .batch import exit_code, format_summary, run_batch
+
+    if args.num_cpus is not None and args.ray_address:
+        raise LipsyncError("--num-cpus sizes a local Ray; a cluster at --ray-address brings its own CPUs, so give one of them.")
+    try:
+        rows = run_batch(args.jobs, args.out, address=args.ray_address, num_cpus=args.num_cpus, preset=args.preset,
+                         device=args.device, renderer=args.renderer, show=not args.quiet)
+    except KeyboardInterrupt:
+        print("lipsync: interrupted; run the same command again to resume (finished videos are kept and not redone).",
+              file=sys.stderr)
+        return 130
+    print(format_summary(rows, Path(args.out)))
+    return exit_code(rows)
+
+
 def _cmd_serve(args) -> int:
     from .live_server import LiveOptions, LiveService, WS_PATH, create_app, single_target
     from .model_io import load_model
@@ -233,6 +249,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
     p.set_defaults(func=_cmd_synthesize)
+
+    p = sub.add_parser("batch", help="make many videos from a CSV of jobs, on Ray",
+                       description="Make one talking-head video per row of JOBS.csv (columns: output, model or "
+                                   "train_video, audio or text, and optional voice, target, mesh, blendshapes; see "
+                                   "lipsync/batch.py), in parallel on an embedded local Ray or a cluster. Rows with the "
+                                   "same training video share one training; a bad row fails alone; DIR/summary.csv "
+                                   "lists every job; running the same command again makes only what is missing.")
+    p.add_argument("jobs", metavar="JOBS.csv", help="the jobs: a CSV file with a header row")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the videos and summary.csv")
+    p.add_argument("--ray-address", metavar="ADDRESS", default=None,
+                   help="join the Ray cluster at ADDRESS (default: $RAY_ADDRESS, else an embedded local Ray); every "
+                        "node must see the CSV's files and DIR at the same paths")
+    p.add_argument("--num-cpus", type=int, metavar="N", default=None, help="CPUs of the embedded local Ray (default: all)")
+    p.add_argument("--preset", choices=["quick", "full", "tiny"], default="quick", metavar="{quick,full}",
+                   help="training preset of the train_video rows (default: quick, minutes on a CPU; full: longer, for a GPU)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where training runs (default: auto, a GPU when the Ray cluster has one)")
+    p.add_argument("--renderer", choices=["auto", "gl", "nvdiffrast", "reference"], default="auto",
+                   help="how the face mesh is rasterized (default: auto: nvdiffrast on CUDA, else OpenGL)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.set_defaults(func=_cmd_batch)
 
     p = sub.add_parser("serve", formatter_class=fmt, help="serve live synthesis over a WebSocket (and a browser page)",
                        description="Stream audio in, get the talking face back live: a WebSocket endpoint at /live/ws "

@@ -284,10 +284,13 @@ def run_graph(tasks: list[Task], folder: str | os.PathLike, *, title: str = "run
                     outcomes[key] = Outcome(key, status, value=value if status == "done" else None,
                                             error=None if status == "done" else value, attempts=attempt,
                                             seconds=round(seconds, 2))
-                except ray.exceptions.RayError as err:
+                except ray.exceptions.RayTaskError as err:  # it could not even start (e.g. its code is missing)
+                    outcomes[key] = Outcome(key, "failed", attempts=_attempts(markers, key),
+                                            error=f"the task could not run ({_last_line(err)}).")
+                except ray.exceptions.RayError as err:  # its worker or node died more often than retried
                     attempts = _attempts(markers, key)
                     outcomes[key] = Outcome(key, "failed", attempts=attempts,
-                                            error=f"its worker died {attempts} time(s) ({_first_line(err)})")
+                                            error=f"its worker died {attempts} time(s) ({_first_line(err)}).")
             display.update(outcomes, running.values(), submitted, time.time() - t_start)
     except KeyboardInterrupt:
         for ref, key in running.items():
@@ -306,6 +309,12 @@ def run_graph(tasks: list[Task], folder: str | os.PathLike, *, title: str = "run
 
 def _attempts(markers: Path, key: str) -> int:
     return sum(1 for _ in markers.glob(f"{_safe(key)}.attempt*.json"))
+
+
+def _last_line(err: Exception) -> str:
+    """The exception at the end of a remote traceback, e.g. "ModuleNotFoundError: No module named 'x'"."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip() and not set(ln.strip()) <= set("^~ ")]
+    return (lines[-1] if lines else type(err).__name__)[:300]
 
 
 def _first_line(err: Exception) -> str:

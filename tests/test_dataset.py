@@ -278,3 +278,43 @@ def test_a_two_node_cluster_runs_the_same_dataset(tmp_path, speakers, dataset_ru
             assert ours == json.loads((first / "speakers" / name / "results.json").read_text())["results"]
     finally:
         _kill_cluster(temp)
+
+
+def _double(x: int) -> int:
+    return 2 * x
+
+
+def _refuse(x: int) -> int:
+    raise LipsyncError(f"{x} is not welcome here.")
+
+
+def _collect(*values):
+    from lipsync.engine import Failed
+
+    return [f"failed: {v.error}" if isinstance(v, Failed) else v for v in values]
+
+
+def test_engine_skips_what_needs_a_failure_and_reports_it(tmp_path):
+    """The graph runner alone: results flow to dependents, an expected failure is not retried and
+    skips its dependents with the root cause, a tolerant task sees the failure."""
+    from ray import cloudpickle
+
+    from lipsync.engine import Result, Task, connect, disconnect, run_graph
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+    info = connect(num_cpus=2)
+    try:
+        out = run_graph([Task("a", _double, (3,)), Task("b", _double, (Result("a"),)),
+                         Task("bad", _refuse, (7,)), Task("after_bad", _double, (Result("bad"),)),
+                         Task("after_after", _double, (Result("after_bad"),)),
+                         Task("all", _collect, (Result("b"), Result("after_after")), tolerate_failures=True)],
+                        tmp_path, show=False)
+    finally:
+        disconnect(info)
+    assert out["b"].value == 12 and out["b"].status == "done" and out["b"].attempts == 1
+    assert out["bad"].status == "failed" and out["bad"].error == "7 is not welcome here." and out["bad"].attempts == 1
+    assert out["after_bad"].status == out["after_after"].status == "skipped"
+    assert out["after_after"].error == "bad failed: 7 is not welcome here."
+    assert out["all"].value == [12, "failed: bad failed: 7 is not welcome here."]
+    state = json.loads((tmp_path / "progress.json").read_text())
+    assert state["finished"] and state["counts"]["skipped"] == 2 and state["tasks"]["a"]["pid"] > 0
