@@ -200,13 +200,14 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(tmp_path, speakers, datas
     spec = _dataset(tmp_path / "one.yaml", speakers, ["a"])
     out = tmp_path / "results"
     p = _eval(["--dataset", str(spec), "--out", str(out), "--num-cpus", "2"])
-    _wait_for(out / "progress.json", p, lambda t: t["a/fit/lipsync3d"]["status"] == "done")
+    # interrupted while training (seconds long, so the run cannot end first), after the preparation
+    _wait_for(out / "progress.json", p, lambda t: t["a/fit/lipsync3d"]["status"] == "running")
+    time.sleep(0.5)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130 and "run the same command again" in err
     finished = _artifacts(out)
-    models = [k for k in finished if k.endswith("model.safetensors")]
-    assert models
+    assert any("/prepared-" in k and k.endswith(".npy") for k in finished)
     p = _eval(["--dataset", str(spec), "--out", str(out), "--num-cpus", "2"])
     _, err = p.communicate(timeout=600)
     assert p.returncode == 0, err
@@ -234,8 +235,9 @@ def test_a_worker_killed_mid_training_is_retried_with_identical_results(tmp_path
     assert ours == json.loads((first / "speakers" / "a" / "results.json").read_text())["results"]
 
 
-def _kill_cluster(temp_dir: Path) -> None:
-    """End the Ray processes of the cluster started with ``--temp-dir temp_dir`` (and only those)."""
+def _pids_with(text: str) -> list[int]:
+    """Processes whose command line contains ``text``."""
+    out = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -243,41 +245,101 @@ def _kill_cluster(temp_dir: Path) -> None:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        if str(temp_dir) in cmd:
+        if text in cmd:
+            out.append(int(pid))
+    return out
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for p in os.listdir("/proc"):
+        if p.isdigit():
             try:
-                os.kill(int(pid), signal.SIGKILL)
+                stat = Path(f"/proc/{p}/stat").read_text()
             except OSError:
-                pass
+                continue
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(p))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
 
 
-@pytest.mark.slow
-def test_a_two_node_cluster_runs_the_same_dataset(tmp_path, speakers, dataset_run):
-    """A head and a worker node joined with ``ray start`` on loopback ports, one CPU each; the
-    dataset goes through ``--ray-address`` and gives the embedded run's results."""
+def _kill(pids) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def two_nodes():
+    """A head and a worker node joined with ``ray start`` on loopback ports, one CPU each; yields
+    (the head's address, the worker node's raylet process id). Ends only this cluster's processes."""
     ray = Path(sys.executable).parent / "ray"
     temp = Path("/tmp") / f"ray-two-node-{os.getpid()}"
-    port = free_port()
+    port, worker_port = free_port(), free_port()
     env = _env()
     try:
         subprocess.run([str(ray), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
                         "--num-cpus", "1", "--temp-dir", str(temp), "--include-dashboard", "false",
                         "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=120)
         subprocess.run([str(ray), "start", "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1",
-                        "--num-cpus", "1", "--disable-usage-stats"], check=True, env=env,
-                       capture_output=True, timeout=120)
-        spec, first, _ = dataset_run
-        spec2 = _dataset(tmp_path / "two.yaml", speakers, ["a", "b"])
-        out = tmp_path / "results"
-        p = _eval(["--dataset", str(spec2), "--out", str(out), "--ray-address", f"127.0.0.1:{port}"])
-        _, err = p.communicate(timeout=900)
-        assert p.returncode == 0, err
-        doc = json.loads((out / "pooled.json").read_text())
-        assert doc["engine"]["nodes"] == 2 and doc["engine"]["cpus"] == 2
-        for name in ("a", "b"):
-            ours = json.loads((out / "speakers" / name / "results.json").read_text())["results"]
-            assert ours == json.loads((first / "speakers" / name / "results.json").read_text())["results"]
+                        "--num-cpus", "1", "--node-manager-port", str(worker_port), "--disable-usage-stats"],
+                       check=True, env=env, capture_output=True, timeout=120)
+        raylet = [p for p in _pids_with(f"--node_manager_port={worker_port}") if "raylet" in
+                  Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
+        assert len(raylet) == 1, raylet
+        yield f"127.0.0.1:{port}", raylet[0]
     finally:
-        _kill_cluster(temp)
+        _kill(_pids_with(str(temp)))
+
+
+@pytest.mark.slow
+def test_a_two_node_cluster_runs_the_same_dataset(tmp_path, speakers, dataset_run, two_nodes):
+    """The dataset through ``--ray-address`` on a real two-node cluster gives the embedded run's results."""
+    address, _ = two_nodes
+    _, first, _ = dataset_run
+    spec = _dataset(tmp_path / "two.yaml", speakers, ["a", "b"])
+    out = tmp_path / "results"
+    p = _eval(["--dataset", str(spec), "--out", str(out), "--ray-address", address])
+    _, err = p.communicate(timeout=900)
+    assert p.returncode == 0, err
+    doc = json.loads((out / "pooled.json").read_text())
+    assert doc["engine"]["nodes"] == 2 and doc["engine"]["cpus"] == 2
+    for name in ("a", "b"):
+        ours = json.loads((out / "speakers" / name / "results.json").read_text())["results"]
+        assert ours == json.loads((first / "speakers" / name / "results.json").read_text())["results"]
+
+
+@pytest.mark.slow
+def test_a_node_that_leaves_mid_run_has_its_tasks_run_elsewhere(tmp_path, speakers, dataset_run, two_nodes):
+    """The worker node dies (its raylet and its workers killed) while it trains: Ray runs its tasks
+    again on the head and the results are those of the embedded run."""
+    address, raylet = two_nodes
+    _, first, _ = dataset_run
+    spec = _dataset(tmp_path / "two.yaml", speakers, ["a", "b"])
+    out = tmp_path / "results"
+    p = _eval(["--dataset", str(spec), "--out", str(out), "--ray-address", address])
+
+    def training_on_worker_node(tasks):
+        on_node = set(_descendants(raylet))
+        return any(k.endswith("/fit/lipsync3d") and t["status"] == "running" and t.get("pid") in on_node
+                   for k, t in tasks.items())
+
+    _wait_for(out / "progress.json", p, training_on_worker_node)
+    time.sleep(1.0)
+    _kill([raylet, *_descendants(raylet)])
+    _, err = p.communicate(timeout=900)
+    assert p.returncode == 0, err
+    doc = json.loads((out / "pooled.json").read_text())
+    assert doc["engine"]["retries"]  # the killed node's task(s) ran again
+    for name in ("a", "b"):
+        ours = json.loads((out / "speakers" / name / "results.json").read_text())["results"]
+        assert ours == json.loads((first / "speakers" / name / "results.json").read_text())["results"]
 
 
 def _double(x: int) -> int:
