@@ -4,7 +4,7 @@
     python -m eval.bench train PREPARED_DIR [--preset quick]
     python -m eval.bench synthesize --model MODEL_DIR --audio FILE [--target VIDEO]
     python -m eval.bench stream --model MODEL_DIR --audio FILE [--target VIDEO] [--chunk-ms 20] [--sessions N]
-    python -m eval.bench ray --dataset DATASET [--cpus 1 2] [--projection-from RESULTS.json]
+    python -m eval.bench ray --dataset DATASET [--cpus 1 2] [--projection-from RESULTS.json] [--store URI]
 
 ``preprocess`` reports frames per second for each stage and overall; ``train`` the seconds until
 the preset's final validation loss is first reached (within 2%) and in all; ``synthesize`` output
@@ -243,10 +243,12 @@ def _noop(i: int) -> int:
 
 
 def bench_ray(dataset: str, *, cpus: list[int], keep: str | None = None, projection_from: str | None = None,
-              overhead_tasks: int = 200) -> dict:
+              overhead_tasks: int = 200, store: str | None = None) -> dict:
     """A dataset evaluation from scratch on a local Ray of each CPU count in ``cpus`` (the process
     tree confined to that many cores, so a 1-CPU run cannot borrow the others); Ray's overhead per
-    task (no-op tasks through the same graph runner); and the projection (``project_benchmark``)."""
+    task (no-op tasks through the same graph runner); and the projection (``project_benchmark``).
+    With ``store`` (an object-store URI), the same evaluation once more with the most CPUs into a
+    new prefix under it (removed afterwards unless ``keep``), against the folder run's wall time."""
     from eval.config import EvalConfig
     from eval.dataset import load_dataset, run_dataset
     from lipsync.common import LipsyncError
@@ -275,6 +277,7 @@ def bench_ray(dataset: str, *, cpus: list[int], keep: str | None = None, project
                          "task_seconds_sum": round(sum(secs.values()), 1), "counts": doc["engine"]["counts"],
                          "speakers_done": sum(1 for v in doc["speakers"].values() if v["status"] == "done")})
             print(f"  {n} CPU(s): {wall:.1f} s", file=sys.stderr, flush=True)
+        stored = _bench_store(ds, base, store, max(cpus), work, keep) if store else None
         info = connect(None, num_cpus=len(cores))
         try:
             t0 = time.perf_counter()
@@ -290,9 +293,38 @@ def bench_ray(dataset: str, *, cpus: list[int], keep: str | None = None, project
         r["speedup"] = round(one["wall_s"] / r["wall_s"], 2) if one else None
     result = {"dataset": str(dataset), "speakers": len(ds.speakers), "runs": runs,
               "overhead_ms_per_task": round(1000 * per_task, 1), "overhead_tasks": overhead_tasks, "machine": _machine()}
+    if stored:
+        folder = next(r for r in runs if r["cpus"] == stored["cpus"])
+        stored["folder_wall_s"] = folder["wall_s"]
+        stored["overhead_pct"] = round(100 * (stored["wall_s"] / folder["wall_s"] - 1), 1)
+        result["store"] = stored
     if projection_from:
         result["projection"] = project_benchmark(projection_from)
     return result
+
+
+def _bench_store(ds, base, store: str, n: int, work: Path, keep: str | None) -> dict:
+    """The dataset run into a new prefix of the object store ``store`` with ``n`` CPUs."""
+    import uuid
+
+    from eval.dataset import run_dataset
+    from lipsync.storage import Storage, _filesystem
+
+    uri = f"{store.rstrip('/')}/bench-ray-{uuid.uuid4().hex[:8]}"
+    storage = Storage.open(uri, mirror=work / "mirror")
+    t0 = time.perf_counter()
+    try:
+        doc = run_dataset(ds, base, uri, num_cpus=n, mirror=storage.local)
+        wall = time.perf_counter() - t0
+        files = storage.listing([""])
+    finally:
+        if keep is None:
+            fs, path = _filesystem(uri)
+            fs.delete_dir(path)
+    print(f"  {n} CPU(s) into {uri}: {wall:.1f} s", file=sys.stderr, flush=True)
+    return {"uri": uri, "cpus": n, "wall_s": round(wall, 1), "files": len(files),
+            "megabytes": round(sum(size for size, _ in files.values()) / 2**20, 1),
+            "speakers_done": sum(1 for v in doc["speakers"].values() if v["status"] == "done")}
 
 
 def project_benchmark(results_json: str, *, speakers: int = 50, lengths: int = 3, methods: int = 7,
@@ -333,6 +365,10 @@ def _print_ray(r: dict) -> None:
         print(f"  {run['cpus']} CPU(s): {run['wall_s']} s wall, {run['tasks']} tasks (sum of task times "
               f"{run['task_seconds_sum']} s), speed-up {run['speedup']}x, speakers done {run['speakers_done']}")
     print(f"  scheduling overhead: {r['overhead_ms_per_task']} ms per task ({r['overhead_tasks']} no-op tasks)")
+    st = r.get("store")
+    if st:
+        print(f"  into an object store ({st['uri']}): {st['wall_s']} s with {st['cpus']} CPU(s) against "
+              f"{st['folder_wall_s']} s into a folder ({st['overhead_pct']:+.1f}%), {st['files']} files, {st['megabytes']} MB")
     pj = r.get("projection")
     if pj:
         print(f"  projection: {pj['speakers']} speakers x {pj['lengths']} training lengths x {pj['methods']} methods "
@@ -448,7 +484,9 @@ def main(argv=None) -> int:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dataset", required=True, help="a dataset file or folder (see eval/dataset.py)")
     p.add_argument("--cpus", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--keep", help="keep the runs' results in this folder")
+    p.add_argument("--keep", help="keep the runs' results in this folder (and the --store run's prefix)")
+    p.add_argument("--store", metavar="URI", help="also run it with the most CPUs into an object store, e.g. s3://bucket/bench "
+                                                   "(credentials and endpoint from the environment)")
     p.add_argument("--projection-from", metavar="RESULTS_JSON",
                    help="a single-speaker eval.run results.json whose measured times project a 50-speaker benchmark")
     p.add_argument("--json", help="also write the results to this JSON file")
@@ -476,7 +514,8 @@ def main(argv=None) -> int:
                                   chunk_ms=args.chunk_ms, realtime=not args.as_fast_as_possible, sessions=args.sessions)
             _print_stream(result)
         elif args.what == "ray":
-            result = bench_ray(args.dataset, cpus=args.cpus, keep=args.keep, projection_from=args.projection_from)
+            result = bench_ray(args.dataset, cpus=args.cpus, keep=args.keep, projection_from=args.projection_from,
+                               store=args.store)
             _print_ray(result)
         else:
             from human_study.loadtest import bench_study

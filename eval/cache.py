@@ -4,6 +4,7 @@ audio, the metric's settings), so a re-run redoes only what changed. Entries are
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -83,8 +84,10 @@ def render_cached(method, clip: TestClip, audio: Path, out: Path, fit_info: dict
     """Render one video unless an identical one exists (same method state, clip and audio)."""
     from lipsync.synthesis import RENDER_VERSION
 
-    key = content_key(method.name, fit_info.get("model"), Path(clip.video), Path(audio), RESULTS_VERSION,
-                      RENDER_VERSION)
+    model = fit_info.get("model")
+    if isinstance(model, str) and os.sep in model:
+        model = Path(model).name  # a model folder's name holds its content key; where it lies does not matter
+    key = content_key(method.name, model, Path(clip.video), Path(audio), RESULTS_VERSION, RENDER_VERSION)
     meta = out.with_suffix(".json")
     if out.is_file() and meta.is_file():
         d = json.loads(meta.read_text())

@@ -321,13 +321,15 @@ def build_graph(dataset: Dataset, base: EvalConfig, out: Path, *, gpus: int = 0)
         points = [None, *dataset.train_seconds]
         for ts in points:
             cfg = speaker_config(base, dataset, sp, out, ts)
+            scope = _scope(cfg, out, sp.name)
             tag = sp.name if ts is None else f"{sp.name}@{ts:g}s"
             if ts is None:
                 pkey = f"{sp.name}/prepare"
-                tasks.append(Task(pkey, _prepare, (cfg,), group=tag, stage="prepare"))
+                tasks.append(Task(pkey, _prepare, (cfg,), group=tag, stage="prepare", scope=scope))
             else:
                 pkey = f"{tag}/prepare"
-                tasks.append(Task(pkey, _cut, (cfg, Result(f"{sp.name}/prepare")), group=tag, stage="prepare"))
+                tasks.append(Task(pkey, _cut, (cfg, Result(f"{sp.name}/prepare")), group=tag, stage="prepare",
+                                  scope=scope))
             names = list(dict.fromkeys(cfg.methods or DEFAULT_METHODS))
             fit_keys = {}
             for name in names:
@@ -335,7 +337,7 @@ def build_graph(dataset: Dataset, base: EvalConfig, out: Path, *, gpus: int = 0)
                 after = (Result(fit_keys[shared]),) if shared in fit_keys else ()
                 key = f"{tag}/fit/{name}"
                 trains = getattr(get_method(name), "trainable", False)
-                tasks.append(Task(key, _fit, (cfg, Result(pkey), name, *after), group=tag, stage="fit",
+                tasks.append(Task(key, _fit, (cfg, Result(pkey), name, *after), group=tag, stage="fit", scope=scope,
                                   num_gpus=1 if (gpus and trains and cfg.device != "cpu") else 0))
                 fit_keys[name] = key
             own, cross = _job_counts(cfg)
@@ -346,12 +348,13 @@ def build_graph(dataset: Dataset, base: EvalConfig, out: Path, *, gpus: int = 0)
                     for j in range(count):
                         key = f"{tag}/measure/{name}/{kind}{j}"
                         tasks.append(Task(key, _measure, (cfg, Result(pkey), Result(fit_keys[name]), j, kind == "cross",
-                                                          j == count - 1), group=tag, stage="measure"))
+                                                          j == count - 1), group=tag, stage="measure",
+                                          scope=scope))
                         units.append(Result(key))
                 measured.append(units)
             rkey = f"{tag}/report"
             tasks.append(Task(rkey, _report, (cfg, Result(pkey), [Result(fit_keys[n]) for n in names], measured),
-                              group=tag, stage="report"))
+                              group=tag, stage="report", scope=scope))
             reports[_point(sp.name, ts)] = Result(rkey)
     tasks.append(Task("pool", _pool, (dataset, base.seed, reports), group="all", stage="pool", tolerate_failures=True))
     return Plan(tasks, {k: r.key for k, r in reports.items()}, "pool")
@@ -590,23 +593,27 @@ def _plot_sweep(doc: dict, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # the run
 
-def run_dataset(dataset: Dataset, base: EvalConfig, out: Path, *, address: str | None = None,
-                num_cpus: int | None = None) -> dict:
+def run_dataset(dataset: Dataset, base: EvalConfig, out: str | Path, *, address: str | None = None,
+                num_cpus: int | None = None, mirror: str | Path | None = None) -> dict:
     """Run a dataset on Ray (see the module docstring); returns ``pooled.json``'s document.
-    ``KeyboardInterrupt`` after the running tasks are cancelled (the same call resumes)."""
+    ``out``: a folder (every node of a cluster must see it at the same path) or an object-store
+    URI (``s3://bucket/prefix``; see ``lipsync.storage``), where the speakers' inputs are copied
+    first (``mirror``: the nodes' mirror folder instead of ``$LIPSYNC_MIRROR``'s). ``KeyboardInterrupt`` after the running tasks are cancelled (the same call resumes)."""
     from lipsync.engine import connect, disconnect, retries, run_graph
+    from lipsync.storage import Storage
 
-    out = Path(out).resolve()
-    if out.exists() and not out.is_dir():
-        raise LipsyncError(f"{out} is a file; give a folder for the results.")
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    storage = Storage.open(out, mirror=mirror)
+    if storage.remote:
+        dataset = stage_inputs(dataset, storage)
+    out = storage.path()
+    out.mkdir(parents=True, exist_ok=True)
     info = connect(address, num_cpus=num_cpus)
     try:
         if info.get("dashboard") and not base.quiet:
             print(f"[eval] Ray dashboard: {info['dashboard']}", flush=True)
         plan = build_graph(dataset, base, out, gpus=info["gpus"])
-        outcomes = run_graph(plan.tasks, out, title="eval", show=not base.quiet)
+        outcomes = run_graph(plan.tasks, storage, title="eval", show=not base.quiet)
     finally:
         disconnect(info)
     pooled_outcome = outcomes[plan.pool_key]
@@ -621,5 +628,38 @@ def run_dataset(dataset: Dataset, base: EvalConfig, out: Path, *, address: str |
     doc["engine"].update(wall_s=round(time.perf_counter() - t0, 1), counts=counts, retries=retries(outcomes),
                          max_retries=max_retries, tasks=len(plan.tasks),
                          task_seconds={k: o.seconds for k, o in outcomes.items() if o.seconds is not None})
+    if storage.remote:  # where the results are, for a reader of the store
+        for entry in doc["speakers"].values():
+            if entry.get("results"):
+                entry["results"] = f"{storage.root}/{storage.rel(entry['results'])}"
+    before = storage.snapshot(POOLED_FILES)
     write_pooled(out, doc)
+    storage.push(POOLED_FILES, before)
     return doc
+
+
+POOLED_FILES = ("pooled.md", "pooled.json", "pooled.csv", "per_speaker.csv", "plots")
+
+
+def stage_inputs(dataset: Dataset, storage) -> Dataset:
+    """The dataset with every input (videos, held-out clips, cross-audio files) copied into the
+    object-store root ``storage`` (``inputs/<content hash>/NAME``) and named by its mirror path,
+    which is the same on every node."""
+    def staged(settings: dict) -> dict:
+        if "cross_audio" not in settings:
+            return settings
+        return {**settings, "cross_audio": tuple(str(storage.stage(p)) for p in settings["cross_audio"])}
+
+    speakers = tuple(replace(sp, video=storage.stage(sp.video),
+                             test_clips=sp.test_clips and storage.stage(sp.test_clips),
+                             settings=staged(sp.settings)) for sp in dataset.speakers)
+    return replace(dataset, speakers=speakers, settings=staged(dataset.settings))
+
+
+def _scope(config: EvalConfig, out: Path, speaker: str) -> tuple:
+    """The parts of the storage root a speaker's tasks read and write: its folder and its inputs."""
+    found = [f"speakers/{speaker}"]
+    for p in [config.video, config.test_clips, *(config.cross_audio or ())]:
+        if p is not None and Path(p).is_relative_to(out):
+            found.append(Path(p).relative_to(out).as_posix())
+    return tuple(dict.fromkeys(found))

@@ -478,7 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="many speakers: a YAML file or a folder of speakers (see eval/dataset.py); runs on Ray and "
                           "writes each speaker's results under RESULTS/speakers/ and pooled.md over them")
     ap.add_argument("--test-clips", help="a folder of separate clips of the same speaker to test on")
-    ap.add_argument("--out", required=True, help="results folder (created; re-runs reuse its cache)")
+    ap.add_argument("--out", required=True,
+                    help="results folder (created; re-runs reuse its cache); with --dataset also an object-store URI "
+                         "such as s3://bucket/prefix, mirrored on each node (see docs/cluster.md)")
     ap.add_argument("--methods", nargs="+", metavar="NAME",
                     help=f"methods to compare (default: {' '.join(DEFAULT_METHODS)}; also: external, wav2lip_checkpoint)")
     ap.add_argument("--metrics", nargs="+", metavar="NAME", help="metrics to compute (default: all)")
@@ -512,7 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "measured on the same test clips (lookahead.md and plots/lookahead.png in --out)")
     ap.add_argument("--ray-address", metavar="ADDRESS",
                     help="with --dataset: join the Ray cluster at ADDRESS (default: $RAY_ADDRESS, else an embedded "
-                         "local Ray on this machine); every node must see --out at the same path")
+                         "local Ray on this machine); every node must see --out at the same path, "
+                         "unless it is an object-store URI")
     ap.add_argument("--num-cpus", type=int, metavar="N", help="with --dataset: CPUs of the embedded local Ray (default: all)")
     ap.add_argument("--quiet", action="store_true", help="no progress output")
     return ap
@@ -520,6 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main_dataset(args) -> int:
     from lipsync.common import LipsyncError
+    from lipsync.storage import is_uri
 
     from .dataset import load_dataset, run_dataset
 
@@ -535,15 +539,17 @@ def _main_dataset(args) -> int:
              "cross_audio_test": False if args.no_cross_audio else None, "side_by_side": False if args.no_video else None}
     dataset = replace(dataset, settings={**dataset.settings, **{k: v for k, v in given.items() if v is not None}})
     base = EvalConfig.from_args(args)
-    doc = run_dataset(dataset, base, Path(args.out), address=args.ray_address, num_cpus=args.num_cpus)
+    doc = run_dataset(dataset, base, args.out, address=args.ray_address, num_cpus=args.num_cpus)
     done = sum(1 for s in doc["speakers"].values() if s["status"] == "done")
-    print(f"results: {Path(args.out) / 'pooled.md'} ({done} of {len(doc['speakers'])} speakers, "
+    where = f"{args.out.rstrip('/')}/pooled.md" if is_uri(args.out) else Path(args.out) / "pooled.md"
+    print(f"results: {where} ({done} of {len(doc['speakers'])} speakers, "
           f"{doc['engine']['wall_s']:.0f} s)")
     return 0 if done == len(doc["speakers"]) else 1
 
 
 def main(argv=None) -> int:
     from lipsync.common import LipsyncError, setup_cache_env
+    from lipsync.storage import is_uri
 
     setup_cache_env()
     args = build_parser().parse_args(argv)
@@ -552,6 +558,8 @@ def main(argv=None) -> int:
             return _main_dataset(args)
         if args.ray_address or args.num_cpus:
             raise LipsyncError("--ray-address and --num-cpus go with --dataset.")
+        if is_uri(args.out):
+            raise LipsyncError("only --dataset runs write to an object store; give a folder with --out.")
         if args.train_seconds or args.lookahead_ms:
             from .sweeps import EFFICIENCY, LOOKAHEAD, run_sweep
 

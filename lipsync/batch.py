@@ -30,7 +30,8 @@ written).
 The work is a graph of ``lipsync.engine`` tasks: per distinct training video ``prepare``
 (``lipsync.preprocessing.preprocess``) then ``train`` (on a GPU when the cluster has one and
 ``--device`` is not cpu); per row ``dub`` (``LoadedModel.synthesize``), after its training. What is
-not a final output lives in ``DIR/.work/``: prepared clips and models under content-keyed names,
+not a final output lives in ``DIR/.work/``: prepared clips (``prepared-DIGEST``) and models
+(``models-DIGEST/``, DIGEST: the training video's content hash) under content-keyed names,
 ``progress.json`` (every task's state), ``engine/`` (attempts, tracebacks), ``dub/`` (outputs being
 made) and ``records/NAME.json``. A row's files are made in ``dub/NAME/`` and moved into ``DIR``
 when all are complete, and only then is its record written: the key of its inputs (the training
@@ -38,6 +39,11 @@ video's content and preset or the model's files, the speech, the target, the opt
 and modification time of each file. A later run counts a row as ``cached`` (and does nothing for
 it) while its record has the same key and its files are unchanged, so re-running after Ctrl-C or a
 failure redoes only what did not finish.
+
+``DIR`` can be an object-store URI (``s3://bucket/prefix``; see ``lipsync.storage``): the rows'
+input files are copied into it first (``inputs/<content hash>/``), each task works in its node's
+mirror of the store, fetching what it reads and sending back what it writes, and a row counts as
+``cached`` when its record matches and its files are in the store with the recorded sizes.
 
 ``DIR/summary.csv`` has one row per job: output, status (done, cached, failed, skipped: its
 training failed; cancelled after Ctrl-C), seconds (of this run's dub task; 0 when cached),
@@ -308,8 +314,10 @@ def _file_facts(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
-def cached_record(out: Path, job: Job, key: str) -> dict | None:
-    """The record of the job's earlier run when it has the same key and its files are unchanged."""
+def cached_record(out: Path, job: Job, key: str, stored: dict | None = None) -> dict | None:
+    """The record of the job's earlier run when it has the same key and its files are unchanged
+    (``stored``: on an object-store root, the sizes of the files in the store, which are then
+    compared instead of the local files' size and time)."""
     try:
         record = json.loads(_record_path(out, job.stem).read_text())
     except (OSError, ValueError):
@@ -321,15 +329,21 @@ def cached_record(out: Path, job: Job, key: str) -> dict | None:
         return None
     for name, facts in files.items():
         try:
-            if _file_facts(out / name) != facts:
+            if (stored.get(name) != facts[0]) if stored is not None else (_file_facts(out / name) != facts):
                 return None
-        except OSError:
+        except (OSError, TypeError, IndexError):
             return None
     return record
 
 
 # ---------------------------------------------------------------------------------------------
 # the tasks (module-level: Ray pickles them by reference)
+
+def _models(work: str | Path, digest: str) -> Path:
+    """Where the models trained on one training video live (one folder per video, so that a task
+    can name it before the model's own content key is known)."""
+    return Path(work) / f"models-{digest}"
+
 
 def prepare_task(video: str, work: str, digest: str, workers: int) -> str:
     """Preprocess a training video once: ``WORK/prepared-DIGEST`` (reused when complete)."""
@@ -347,7 +361,7 @@ def train_task(prepared: str, work: str, video: str, digest: str, preset: str, d
     from eval.core import RunContext
     from eval.methods.lipsync3d import train_cached
 
-    ctx = RunContext(out=Path(work), cache=Path(work), train_video=Path(video), train_prepared=Path(prepared),
+    ctx = RunContext(out=Path(work), cache=_models(work, digest), train_video=Path(video), train_prepared=Path(prepared),
                      preset=preset, device=device)
     folder, _ = train_cached(ctx, digest, Path(prepared), _train_options(preset))
     return str(folder)
@@ -422,10 +436,15 @@ def _node_cpus() -> int:
 
 def build_graph(jobs: list[Job], out: Path, keys: dict, *, preset: str, device: str, renderer: str,
                 gpus: int, node_cpus: int) -> tuple[list, dict]:
-    """The tasks for ``jobs`` (the ones to make); returns them and each job stem's dub task key."""
+    """The tasks for ``jobs`` (the ones to make); returns them and each job stem's dub task key.
+    Each task's ``scope`` names what it reads and writes under ``out`` (used on an object-store root)."""
     from .engine import Result, Task
 
     work = out / WORK
+
+    def under(*paths) -> list[str]:
+        return [Path(p).relative_to(out).as_posix() for p in paths if p is not None and Path(p).is_relative_to(out)]
+
     videos: dict[str, Job] = {}
     for j in jobs:
         if j.train_video is not None:
@@ -437,12 +456,14 @@ def build_graph(jobs: list[Job], out: Path, keys: dict, *, preset: str, device: 
         if group in groups:
             group = f"{group}#{digest[:6]}"
         groups.add(group)
+        made = under(j.train_video, work / f"prepared-{digest}")
         tasks.append(Task(f"{group}/prepare", prepare_task, (str(j.train_video), str(work), digest, per_task),
-                          group=group, stage="prepare", num_cpus=per_task))
+                          group=group, stage="prepare", num_cpus=per_task, scope=tuple(made)))
         tasks.append(Task(f"{group}/train", train_task, (Result(f"{group}/prepare"), str(work), str(j.train_video), digest,
                                                          preset, device),
                           group=group, stage="train", num_cpus=per_task,
-                          num_gpus=1 if gpus and device != "cpu" else 0))
+                          num_gpus=1 if gpus and device != "cpu" else 0,
+                          scope=tuple(made + under(_models(work, digest)))))
         train_keys[digest] = f"{group}/train"
     dubs = {}
     for j in jobs:
@@ -450,7 +471,13 @@ def build_graph(jobs: list[Job], out: Path, keys: dict, *, preset: str, device: 
                 "target": j.target and str(j.target), "mesh": j.mesh, "blendshapes": j.blendshapes}
         model = str(j.model) if j.model is not None else Result(train_keys[j.video_digest])
         key = f"{j.stem}/dub"
-        tasks.append(Task(key, dub_task, (spec, model, str(out), keys[j.stem], renderer), group=j.stem, stage="dub"))
+        # the model (a trained one: its folder, its prepared clip and video, the default target)
+        scope = under(j.model, j.audio, j.target, work / "dub" / j.stem, _record_path(out, j.stem),
+                      *(out / f"{j.stem}.{ext}" for ext in ("mp4", "glb", "csv")))
+        if j.train_video is not None:
+            scope += [model, *under(j.train_video, work / f"prepared-{j.video_digest}")]
+        tasks.append(Task(key, dub_task, (spec, model, str(out), keys[j.stem], renderer), group=j.stem, stage="dub",
+                          scope=tuple(scope)))
         dubs[j.stem] = key
     return tasks, dubs
 
@@ -465,12 +492,18 @@ def run_batch(jobs_csv: str | os.PathLike, out: str | os.PathLike, *, address: s
         raise LipsyncError("--num-cpus must be at least 1.")
     _train_options(preset)
     jobs = read_jobs(jobs_csv)
-    out = Path(out).expanduser().resolve()
-    if out.exists() and not out.is_dir():
-        raise LipsyncError(f"{out} is a file; give a folder for the videos with --out.")
+    from .storage import Storage, is_uri
+
+    if not is_uri(out) and Path(out).expanduser().is_file():
+        raise LipsyncError(f"{Path(out).expanduser().resolve()} is a file; give a folder for the videos with --out.")
+    storage = Storage.open(out)
+    out = storage.path()
     keys = {j.stem: job_key(j, preset=preset, renderer=renderer) for j in jobs if j.error is None}
-    records = {j.stem: cached_record(out, j, keys[j.stem]) for j in jobs if j.error is None}
+    stored = _stored(storage, jobs)
+    records = {j.stem: cached_record(out, j, keys[j.stem], stored) for j in jobs if j.error is None}
     todo = [j for j in jobs if j.error is None and records[j.stem] is None]
+    if storage.remote:
+        todo = [_staged(storage, j) for j in todo]
     outcomes: dict = {}
     dubs: dict = {}
     if todo:
@@ -484,19 +517,37 @@ def run_batch(jobs_csv: str | os.PathLike, out: str | os.PathLike, *, address: s
             tasks, dubs = build_graph(todo, out, keys, preset=preset, device=device, renderer=renderer,
                                       gpus=info["gpus"], node_cpus=_node_cpus())
             try:
-                outcomes = run_graph(tasks, out / WORK, title="batch", show=show)
+                outcomes = run_graph(tasks, storage, title="batch", show=show, prefix=WORK)
             except KeyboardInterrupt:
-                write_summary(out, _rows(jobs, keys, records, {}, dubs, out, interrupted=True))
+                write_summary(storage, _rows(jobs, keys, records, {}, dubs, out, interrupted=True,
+                                             stored=_stored(storage, jobs)))
                 raise
         finally:
             disconnect(info)
     rows = _rows(jobs, keys, records, outcomes, dubs, out)
-    write_summary(out, rows)
+    write_summary(storage, rows)
     return rows
 
 
+def _stored(storage, jobs: list[Job]) -> dict | None:
+    """On an object-store root: the job records brought to this machine, and the sizes of the
+    videos (and meshes, weights) in the store; None on a folder."""
+    if not storage.remote:
+        return None
+    storage.pull([f"{WORK}/records"])
+    return {rel: size for rel, (size, _) in storage.listing([n for j in jobs if j.error is None for n in j.files()]).items()}
+
+
+def _staged(storage, job: Job) -> Job:
+    """The job with its input files copied into the object-store root (see ``Storage.stage``)."""
+    from dataclasses import replace
+
+    return replace(job, **{k: storage.stage(getattr(job, k)) for k in ("model", "train_video", "audio", "target")
+                           if getattr(job, k) is not None})
+
+
 def _rows(jobs: list[Job], keys: dict, records: dict, outcomes: dict, dubs: dict, out: Path, *,
-          interrupted: bool = False) -> list[RowResult]:
+          interrupted: bool = False, stored: dict | None = None) -> list[RowResult]:
     rows = []
     for j in jobs:
         if j.error is not None:
@@ -504,7 +555,7 @@ def _rows(jobs: list[Job], keys: dict, records: dict, outcomes: dict, dubs: dict
         elif records[j.stem] is not None:
             rows.append(RowResult(j.name, "cached", 0.0, records[j.stem].get("duration_s")))
         elif interrupted:
-            record = cached_record(out, j, keys[j.stem])  # finished before the interrupt
+            record = cached_record(out, j, keys[j.stem], stored)  # finished before the interrupt
             rows.append(RowResult(j.name, "done", None, record.get("duration_s")) if record else
                         RowResult(j.name, "cancelled", error="interrupted; run the same command again to resume."))
         else:
@@ -516,8 +567,8 @@ def _rows(jobs: list[Job], keys: dict, records: dict, outcomes: dict, dubs: dict
     return rows
 
 
-def write_summary(out: Path, rows: list[RowResult]) -> Path:
-    """``out/summary.csv`` (atomically)."""
+def write_summary(storage, rows: list[RowResult]) -> Path:
+    """``summary.csv`` in the storage root (atomically; sent to the store when the root is one)."""
     from .files import atomic_write_text
 
     buf = io.StringIO()
@@ -526,10 +577,12 @@ def write_summary(out: Path, rows: list[RowResult]) -> Path:
     for r in rows:
         w.writerow([r.output, r.status, "" if r.seconds is None else f"{r.seconds:.1f}",
                     "" if r.duration_s is None else f"{r.duration_s:.2f}", r.attempts, r.error])
-    return atomic_write_text(out / "summary.csv", buf.getvalue(), what="summary")
+    path = atomic_write_text(storage.path("summary.csv"), buf.getvalue(), what="summary")
+    storage.put(["summary.csv"])
+    return path
 
 
-def format_summary(rows: list[RowResult], out: Path) -> str:
+def format_summary(rows: list[RowResult], out: str | Path) -> str:
     """A few lines for the terminal: one per job, then the counts."""
     width = max([len(r.output) for r in rows] + [6])
     lines = []
@@ -546,7 +599,7 @@ def format_summary(rows: list[RowResult], out: Path) -> str:
     order = ("done", "cached", "failed", "skipped", "cancelled")
     lines.append(f"{len(rows)} job{'s' if len(rows) != 1 else ''}: "
                  + ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s))
-                 + f"; summary in {Path(out) / 'summary.csv'}")
+                 + f"; summary in {str(out).rstrip('/')}/summary.csv")
     return "\n".join(lines)
 
 

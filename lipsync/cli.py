@@ -146,7 +146,7 @@ def _cmd_batch(args) -> int:
         print("lipsync: interrupted; run the same command again to resume (finished videos are kept and not redone).",
               file=sys.stderr)
         return 130
-    print(format_summary(rows, Path(args.out)))
+    print(format_summary(rows, args.out))
     return exit_code(rows)
 
 
@@ -257,10 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "same training video share one training; a bad row fails alone; DIR/summary.csv "
                                    "lists every job; running the same command again makes only what is missing.")
     p.add_argument("jobs", metavar="JOBS.csv", help="the jobs: a CSV file with a header row")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for the videos and summary.csv")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder for the videos and summary.csv, or an object-store URI such as s3://bucket/prefix "
+                        "(the inputs are copied there and every node works in a local mirror; see docs/cluster.md)")
     p.add_argument("--ray-address", metavar="ADDRESS", default=None,
                    help="join the Ray cluster at ADDRESS (default: $RAY_ADDRESS, else an embedded local Ray); every "
-                        "node must see the CSV's files and DIR at the same paths")
+                        "node must see the CSV's files and DIR at the same paths, unless DIR is an object-store URI")
     p.add_argument("--num-cpus", type=int, metavar="N", default=None, help="CPUs of the embedded local Ray (default: all)")
     p.add_argument("--preset", choices=["quick", "full", "tiny"], default="quick", metavar="{quick,full}",
                    help="training preset of the train_video rows (default: quick, minutes on a CPU; full: longer, for a GPU)")

@@ -17,8 +17,10 @@ done, so independent work runs in parallel and nothing waits on what it does not
 * Interrupts: Ctrl-C (or SIGTERM) cancels the running tasks and returns; finished work is on
   disk, so the same command resumes.
 
-Every node must see the run's folder at the same path (one machine, or a shared filesystem on a
-cluster) and have this project installed (the project's Docker image is a worker image).
+The run's files live in one storage root (``lipsync.storage``): a folder every node sees at the
+same path (one machine, or a shared filesystem on a cluster), or an object store (``s3://...``)
+that each node mirrors, the tasks bringing what they read and sending what they write. Every node
+needs this project installed (the project's Docker image is a worker image).
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from typing import Any, Callable
 
 from .common import LipsyncError
 from .files import atomic_write_text
+from .storage import Storage
 
 # What Ray's object store needs here: only small task results travel through it (every artifact
 # is a file under the run's folder), so a small store spares the machine's shared memory.
@@ -68,6 +71,9 @@ class Task:
         max_retries: how often Ray runs it again after its worker died.
         tolerate_failures: run even when a dependency failed (receiving ``Failed``), e.g. a report
             over the groups that did finish.
+        scope: the parts of the storage root the task reads and writes (paths relative to it, with
+            ``/``; absolute paths under it; ``Result``s of tasks that return such paths); on an object-store root they are brought to the task's node before it runs
+            and what it wrote there is sent back after (see ``lipsync.storage``).
     """
     key: str
     fn: Callable
@@ -79,6 +85,7 @@ class Task:
     num_gpus: float = 0.0
     max_retries: int = 3
     tolerate_failures: bool = False
+    scope: tuple = ()
 
     def deps(self) -> list[str]:
         found: list[str] = []
@@ -171,14 +178,21 @@ def disconnect(info: dict) -> None:
 # ---------------------------------------------------------------------------------------------
 # inside a worker
 
-def _execute(fn: Callable, args: tuple, kwargs: dict, key: str, markers: str, run_id: str, threads: int):
+def _execute(fn: Callable, args: tuple, kwargs: dict, key: str, storage: Storage, markers: str, run_id: str,
+             threads: int, scope: tuple):
     """Run one task in a Ray worker: record the attempt (process, host, start time) for the
-    progress display, use ``threads`` CPU threads, and turn an expected failure into a result
+    progress display, use ``threads`` CPU threads, bring the storage root's ``scope`` to this node
+    (and what the task wrote there back), and turn an expected failure into a result
     (``("failed", sentence)``) so Ray does not retry it."""
-    folder = Path(markers)
+    folder = storage.path(markers)
     safe = _safe(key)
+    try:
+        storage.pull([markers])  # the attempts on other nodes
+    except LipsyncError:
+        pass
     attempt = 1 + sum(1 for _ in folder.glob(f"{safe}.attempt*.json"))
-    atomic_write_text(folder / f"{safe}.attempt{attempt}.json",
+    record = f"{markers}/{safe}.attempt{attempt}.json"
+    atomic_write_text(storage.path(record),
                       json.dumps({"key": key, "run": run_id, "attempt": attempt, "pid": os.getpid(),
                                   "host": socket.gethostname(), "started": time.time()}))
     os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -190,13 +204,20 @@ def _execute(fn: Callable, args: tuple, kwargs: dict, key: str, markers: str, ru
         pass
     t0 = time.perf_counter()
     try:
-        value = fn(*args, **kwargs)
+        storage.put([record])
+        with storage.synced(scope):
+            value = fn(*args, **kwargs)
     except LipsyncError as err:
         return ("failed", str(err), attempt, time.perf_counter() - t0)
     except Exception as err:  # noqa: BLE001 - a bug in one task must not sink the others
-        log = folder / f"{safe}.error.log"
-        log.write_text(traceback.format_exc())
-        return ("failed", f"{type(err).__name__}: {err} (traceback in {log})", attempt, time.perf_counter() - t0)
+        log = f"{markers}/{safe}.error.log"
+        storage.path(log).write_text(traceback.format_exc())
+        try:
+            storage.put([log])
+        except LipsyncError:
+            pass
+        return ("failed", f"{type(err).__name__}: {err} (traceback in {storage.root}/{log})", attempt,
+                time.perf_counter() - t0)
     return ("done", value, attempt, time.perf_counter() - t0)
 
 
@@ -207,12 +228,12 @@ def _safe(key: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # the driver
 
-def run_graph(tasks: list[Task], folder: str | os.PathLike, *, title: str = "run", show: bool = True,
-              refresh_s: float = 1.0) -> dict[str, Outcome]:
+def run_graph(tasks: list[Task], folder: str | os.PathLike | Storage, *, title: str = "run", show: bool = True,
+              refresh_s: float = 1.0, prefix: str = "") -> dict[str, Outcome]:
     """Run ``tasks`` on the connected Ray (``connect`` first); returns every task's ``Outcome``.
 
-    ``folder`` (shared by every node) gets ``progress.json`` and ``engine/`` (attempt records and
-    tracebacks of unexpected errors). Raises ``KeyboardInterrupt`` after cancelling the running
+    ``folder`` (a folder every node sees, or a ``Storage``) gets ``progress.json`` and ``engine/``
+    (attempt records and tracebacks of unexpected errors), in its subfolder ``prefix`` if given. Raises ``KeyboardInterrupt`` after cancelling the running
     tasks when the user presses Ctrl-C."""
     import ray
 
@@ -223,16 +244,17 @@ def run_graph(tasks: list[Task], folder: str | os.PathLike, *, title: str = "run
         missing = [d for d in t.deps() if d not in by_key]
         if missing:
             raise ValueError(f"{t.key} needs unknown tasks {missing}")
-    folder = Path(folder)
+    storage = folder if isinstance(folder, Storage) else Storage.open(folder)
     run_id = uuid.uuid4().hex[:8]
-    markers = folder / "engine" / run_id
-    markers.mkdir(parents=True, exist_ok=True)
+    prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+    markers = _Markers(storage, f"{prefix}engine/{run_id}")
+    markers.path.mkdir(parents=True, exist_ok=True)
     remote = ray.remote(_execute)
     outcomes: dict[str, Outcome] = {}
     submitted: dict[str, float] = {}
     running: dict[Any, str] = {}  # ObjectRef -> key
     waiting = [t.key for t in tasks]
-    display = _Display(tasks, folder, markers, title, show)
+    display = _Display(tasks, storage, markers, title, show, f"{prefix}progress.json")
     t_start = time.time()
 
     def submit_ready() -> None:
@@ -254,7 +276,8 @@ def run_graph(tasks: list[Task], folder: str | os.PathLike, *, title: str = "run
             threads = max(1, int(round(t.num_cpus)))
             ref = remote.options(num_cpus=t.num_cpus, num_gpus=t.num_gpus, max_retries=t.max_retries,
                                  retry_exceptions=False, name=t.key).remote(
-                t.fn, _fill(t.args, values), _fill(t.kwargs, values), t.key, str(markers), run_id, threads)
+                t.fn, _fill(t.args, values), _fill(t.kwargs, values), t.key, storage, markers.rel, run_id, threads,
+                tuple(_fill(list(t.scope), values)))
             running[ref] = key
             submitted[key] = time.time()
             waiting.remove(key)
@@ -307,8 +330,26 @@ def run_graph(tasks: list[Task], folder: str | os.PathLike, *, title: str = "run
     return outcomes
 
 
-def _attempts(markers: Path, key: str) -> int:
-    return sum(1 for _ in markers.glob(f"{_safe(key)}.attempt*.json"))
+class _Markers:
+    """The attempt records of one run (``engine/RUNID`` in the storage root), read afresh from
+    the store when the root is one."""
+
+    def __init__(self, storage: Storage, rel: str):
+        self.storage, self.rel, self.path = storage, rel, storage.path(rel)
+        self.pulled = 0.0
+
+    def files(self, pattern: str, *, fresh: bool = True) -> list[Path]:
+        if self.storage.remote and (fresh or time.time() - self.pulled > 1.0):
+            try:
+                self.storage.pull([self.rel])
+                self.pulled = time.time()
+            except LipsyncError:
+                pass  # the display shows what it knows
+        return list(self.path.glob(pattern))
+
+
+def _attempts(markers: _Markers, key: str) -> int:
+    return len(markers.files(f"{_safe(key)}.attempt*.json"))
 
 
 def _last_line(err: Exception) -> str:
@@ -331,8 +372,8 @@ class _Display:
     """The live progress of a graph: a table of groups x stages on a terminal (a line per finished
     task otherwise) and ``progress.json``."""
 
-    def __init__(self, tasks: list[Task], folder: Path, markers: Path, title: str, show: bool):
-        self.tasks, self.folder, self.markers, self.title = tasks, folder, markers, title
+    def __init__(self, tasks: list[Task], storage: Storage, markers: _Markers, title: str, show: bool, progress: str):
+        self.tasks, self.storage, self.markers, self.title, self.progress = tasks, storage, markers, title, progress
         self.show = show
         self.tty = show and sys.stderr.isatty()
         self.groups = list(dict.fromkeys(t.group for t in tasks))
@@ -343,7 +384,7 @@ class _Display:
 
     def _started(self) -> dict[str, dict]:
         out: dict[str, dict] = {}
-        for f in self.markers.glob("*.attempt*.json"):
+        for f in self.markers.files("*.attempt*.json", fresh=False):
             try:
                 d = json.loads(f.read_text())
             except (OSError, ValueError):
@@ -371,10 +412,14 @@ class _Display:
         eta = self._eta(outcomes, state)
         now = time.time()
         if final or now - self.last_json > 1.0:
-            atomic_write_text(self.folder / "progress.json", json.dumps(
+            atomic_write_text(self.storage.path(self.progress), json.dumps(
                 {"title": self.title, "elapsed_s": round(elapsed, 1), "remaining_s": eta, "counts": counts,
                  "finished": final, "tasks": state}, indent=1))
             self.last_json = now
+            try:
+                self.storage.put([self.progress])
+            except LipsyncError:
+                pass  # the next update tries again
         if not self.show:
             return
         if self.tty:

@@ -135,3 +135,35 @@ def live_server(model_dir: Path, target: Path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+@pytest.fixture
+def s3_bucket(monkeypatch):
+    """An S3 endpoint on a loopback port (moto's server) with an empty bucket; the Ray workers find
+    it through the environment, as on a cluster."""
+    import logging
+
+    moto_server = pytest.importorskip("moto.server", reason="moto[server] is a test dependency")
+    import boto3
+
+    port = free_port()
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    for k, v in {"AWS_ACCESS_KEY_ID": "lipsync", "AWS_SECRET_ACCESS_KEY": "lipsync", "AWS_DEFAULT_REGION": "us-east-1",
+                 "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(k, v)
+    boto3.client("s3").create_bucket(Bucket="lipsync-test")
+    try:
+        yield "lipsync-test"
+    finally:
+        server.stop()
+
+
+def read_store(uri: str) -> bytes:
+    """The bytes of one object of a store (``s3://bucket/key``)."""
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read()

@@ -7,12 +7,15 @@ import contextlib
 import csv
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import GRID_CLIP, ffmpeg
+from conftest import GRID_CLIP, ROOT, ffmpeg, read_store
 
 TEXT = "Bin blue at F two now."
 
@@ -155,7 +158,7 @@ def test_rows_with_the_same_training_video_train_once(first_run):
     assert all(t["status"] == "done" for t in tasks.values())
     assert tasks["train.mpg/train"]["attempts"] == 1 and tasks["b/dub"]["group"] == "b"
     work = out / ".work"
-    assert len(list(work.glob("prepared-*"))) == 1 and len(list(work.glob("model-*"))) == 1
+    assert len(list(work.glob("prepared-*"))) == 1 and len(list(work.glob("models-*/model-*"))) == 1
 
 
 def test_a_second_run_recomputes_nothing(first_run, jobs):
@@ -193,7 +196,7 @@ def test_a_row_with_a_model_folder_and_a_still_target(first_run, ray_local, tmp_
     from lipsync.media import probe
 
     out, _, _, _ = first_run
-    model = next((out / ".work").glob("model-*"))
+    model = next((out / ".work").glob("models-*/model-*"))
     ffmpeg("-ss", "1", "-i", str(GRID_CLIP), "-frames:v", "1", str(tmp_path / "still.png"))
     csv_path = _write_csv(tmp_path / "jobs.csv", [["output", "model", "text", "target"],
                                                   ["still", str(model), TEXT, "still.png"]])
@@ -205,6 +208,46 @@ def test_a_row_with_a_model_folder_and_a_still_target(first_run, ray_local, tmp_
     assert info.has_audio and abs(info.duration - float(row["duration_s"])) < 0.1
     progress = json.loads((tmp_path / "out" / ".work" / "progress.json").read_text())
     assert list(progress["tasks"]) == ["still/dub"]  # nothing to prepare or train
+
+
+def test_an_object_store_root_gets_every_video(first_run, jobs, tmp_path, s3_bucket):
+    """``--out s3://...``: the inputs (a training video, speech, a model folder, a still target)
+    go to the store, the tasks work in node-local mirrors, and the store ends with the videos, the
+    mesh, the weights and the summary; from a fresh machine the same command finds them all made."""
+    from lipsync.media import probe
+
+    out, _, _, _ = first_run
+    d, _ = jobs
+    model = next((out / ".work").glob("models-*/model-*"))
+    ffmpeg("-ss", "1", "-i", str(GRID_CLIP), "-frames:v", "1", str(tmp_path / "still.png"))
+    csv_path = _write_csv(tmp_path / "jobs.csv", [
+        ["output", "train_video", "model", "audio", "text", "target", "mesh", "blendshapes"],
+        ["a", str(d / "clips" / "train.mpg"), "", str(d / "speech.m4a"), "", "", "yes", ""],
+        ["b", str(GRID_CLIP), "", "", TEXT, "", "", "yes"],
+        ["still", "", str(model), "", TEXT, "still.png", "", ""],
+        ["bad", "", "", str(d / "speech.m4a"), "", "", "", ""],
+    ])
+    uri = f"s3://{s3_bucket}/dubbed"
+
+    def run(mirror: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "LIPSYNC_MIRROR": str(tmp_path / mirror), "PYTHONPATH": str(ROOT)}
+        return subprocess.run([sys.executable, "-m", "lipsync", "batch", str(csv_path), "--out", uri, "--preset", "tiny",
+                               "--num-cpus", "2", "--quiet"], env=env, capture_output=True, text=True, timeout=900)
+
+    p = run("node1")
+    assert p.returncode == 1, p.stderr  # the bad row
+    summary = {r["output"]: r for r in csv.DictReader(io.StringIO(read_store(f"{uri}/summary.csv").decode()))}
+    assert [summary[n]["status"] for n in ("a.mp4", "b.mp4", "still.mp4", "bad.mp4")] == ["done"] * 3 + ["failed"]
+    (tmp_path / "a.mp4").write_bytes(read_store(f"{uri}/a.mp4"))
+    assert probe(tmp_path / "a.mp4").has_audio
+    assert read_store(f"{uri}/a.glb")[:4] == b"glTF" and read_store(f"{uri}/b.csv").count(b"\n") > 10
+    assert len(read_store(f"{uri}/still.mp4")) > 1000
+    assert f"summary in {uri}/summary.csv" in p.stdout
+    p = run("node2")
+    assert p.returncode == 1, p.stderr
+    summary = {r["output"]: r for r in csv.DictReader(io.StringIO(read_store(f"{uri}/summary.csv").decode()))}
+    assert [summary[n]["status"] for n in ("a.mp4", "b.mp4", "still.mp4")] == ["cached"] * 3
+    assert not list((tmp_path / "node2").glob("*/.work/engine"))  # no task ran
 
 
 def test_whole_command_errors_write_nothing(tmp_path):

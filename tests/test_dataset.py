@@ -28,8 +28,10 @@ def _env() -> dict:
 
 
 def _eval(args: list[str], **kw) -> subprocess.Popen:
+    # Ctrl-C reaches the run even when the tests themselves run in the background (which ignores SIGINT)
     return subprocess.Popen([sys.executable, "-m", "eval.run", *args, "--quiet"], cwd=ROOT, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kw)
 
 
 @pytest.fixture(scope="module")
@@ -233,6 +235,59 @@ def test_a_worker_killed_mid_training_is_retried_with_identical_results(tmp_path
     _, first, _ = dataset_run
     ours = json.loads((out / "speakers" / "a" / "results.json").read_text())["results"]
     assert ours == json.loads((first / "speakers" / "a" / "results.json").read_text())["results"]
+
+
+def _store_artifacts(bucket: str, prefix: str) -> dict[str, int]:
+    import pyarrow.fs as pafs
+
+    fs, _ = pafs.FileSystem.from_uri(f"s3://{bucket}")
+    infos = fs.get_file_info(pafs.FileSelector(f"{bucket}/{prefix}", recursive=True))
+    keep = (".npy", ".safetensors", ".mp4", ".mpg", ".json")
+    return {i.path: i.mtime_ns for i in infos if i.type == pafs.FileType.File and i.path.endswith(keep)
+            and "/engine/" not in i.path and not i.path.endswith(("/pooled.json", "/progress.json", "/results.json"))}
+
+
+def test_an_object_store_root_holds_the_whole_run(tmp_path, speakers, dataset_run, s3_bucket, monkeypatch):
+    """``--out s3://...``: the tasks work in a node-local mirror and the store ends up with every
+    artifact, the speakers' results (equal to the local run's) and the pooled report; a fresh node
+    (an empty mirror) resumes from the store alone and makes nothing again."""
+    import pyarrow.fs as pafs
+
+    from eval.run import main
+
+    spec = _dataset(tmp_path / "one.yaml", speakers, ["a"])
+    uri = f"s3://{s3_bucket}/runs/one"
+    monkeypatch.setenv("LIPSYNC_MIRROR", str(tmp_path / "node1"))
+    assert main(["--dataset", str(spec), "--out", uri, "--num-cpus", "2", "--quiet"]) == 0
+    fs, _ = pafs.FileSystem.from_uri(uri)
+
+    def read(rel: str) -> dict:
+        with fs.open_input_stream(f"{s3_bucket}/runs/one/{rel}") as f:
+            return json.loads(f.read())
+
+    _, first, _ = dataset_run
+    assert read("speakers/a/results.json")["results"] == json.loads(
+        (first / "speakers" / "a" / "results.json").read_text())["results"]
+    pooled = read("pooled.json")
+    assert pooled["speakers"]["a"]["results"] == f"{uri}/speakers/a/results.json"
+    made = _store_artifacts(s3_bucket, "runs/one")
+    assert any(k.endswith("model.safetensors") for k in made) and any("/inputs/" in k for k in made)
+    assert fs.get_file_info(f"{s3_bucket}/runs/one/pooled.md").size > 0
+    assert fs.get_file_info(f"{s3_bucket}/runs/one/plots/pooled_metrics.png").size > 0
+    # another machine, nothing in its mirror
+    monkeypatch.setenv("LIPSYNC_MIRROR", str(tmp_path / "node2"))
+    assert main(["--dataset", str(spec), "--out", uri, "--num-cpus", "2", "--quiet"]) == 0
+    assert _store_artifacts(s3_bucket, "runs/one") == made
+    assert read("speakers/a/results.json")["methods"]["lipsync3d"]["cached"] is True
+    # only dataset runs take a URI; an unreachable store is one sentence
+    p = _eval(["--video", str(speakers["a"]), "--out", uri])
+    assert p.wait(timeout=120) == 2 and "only --dataset runs write to an object store" in p.communicate()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    p = subprocess.run([sys.executable, "-m", "eval.run", "--dataset", str(spec), "--out", "s3://lipsync-test/x"],
+                       cwd=ROOT, env={**_env(), "AWS_RETRY_MODE": "standard", "AWS_MAX_ATTEMPTS": "1"},
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "Cannot reach the storage root s3://lipsync-test/x" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr
 
 
 def _pids_with(text: str) -> list[int]:
