@@ -324,6 +324,7 @@ def _bench_store(ds, base, store: str, n: int, work: Path, keep: str | None) -> 
     print(f"  {n} CPU(s) into {uri}: {wall:.1f} s", file=sys.stderr, flush=True)
     return {"uri": uri, "cpus": n, "wall_s": round(wall, 1), "files": len(files),
             "megabytes": round(sum(size for size, _ in files.values()) / 2**20, 1),
+            "transfers": doc["engine"]["transfers"],
             "speakers_done": sum(1 for v in doc["speakers"].values() if v["status"] == "done")}
 
 
@@ -369,6 +370,9 @@ def _print_ray(r: dict) -> None:
     if st:
         print(f"  into an object store ({st['uri']}): {st['wall_s']} s with {st['cpus']} CPU(s) against "
               f"{st['folder_wall_s']} s into a folder ({st['overhead_pct']:+.1f}%), {st['files']} files, {st['megabytes']} MB")
+        tr = st["transfers"]
+        print(f"    the tasks fetched {tr['fetched_mb']} MB ({tr['fetched']} files) and sent {tr['sent_mb']} MB "
+              f"({tr['sent']} files) in {tr['seconds']} s of task time")
     pj = r.get("projection")
     if pj:
         print(f"  projection: {pj['speakers']} speakers x {pj['lengths']} training lengths x {pj['methods']} methods "

@@ -496,7 +496,11 @@ def write_pooled(out: Path, doc: dict) -> None:
               f"{eng['counts'].get('skipped', 0)} skipped. "
               + (f"Ray retried {len(eng['retries'])} task(s) after their worker died (at most {eng['max_retries']} "
                  "retries each): " + ", ".join(f"{k} ({v} attempts)" for k, v in eng["retries"].items()) + "."
-                 if eng["retries"] else "No task needed a retry."), ""]
+                 if eng["retries"] else "No task needed a retry.")
+              + (f" Storage root `{eng['storage']}`: the tasks fetched {eng['transfers']['fetched_mb']:.0f} MB "
+                 f"({eng['transfers']['fetched']:.0f} files) from the store into their nodes' mirrors and sent "
+                 f"{eng['transfers']['sent_mb']:.0f} MB ({eng['transfers']['sent']:.0f} files) back, in "
+                 f"{eng['transfers']['seconds']:.0f} s of task time." if eng.get("transfers") else ""), ""]
     L += ["## Speakers", "", "| speaker | status | test clips | training footage (s) | |", "|---|---|---|---|---|"]
     for n, s in doc["speakers"].items():
         if s["status"] == "done":
@@ -599,7 +603,7 @@ def run_dataset(dataset: Dataset, base: EvalConfig, out: str | Path, *, address:
     ``out``: a folder (every node of a cluster must see it at the same path) or an object-store
     URI (``s3://bucket/prefix``; see ``lipsync.storage``), where the speakers' inputs are copied
     first (``mirror``: the nodes' mirror folder instead of ``$LIPSYNC_MIRROR``'s). ``KeyboardInterrupt`` after the running tasks are cancelled (the same call resumes)."""
-    from lipsync.engine import connect, disconnect, retries, run_graph
+    from lipsync.engine import connect, disconnect, retries, run_graph, transfers
     from lipsync.storage import Storage
 
     t0 = time.perf_counter()
@@ -627,7 +631,8 @@ def run_dataset(dataset: Dataset, base: EvalConfig, out: str | Path, *, address:
     doc["engine"] = {k: info[k] for k in ("address", "cpus", "gpus", "nodes", "dashboard")}
     doc["engine"].update(wall_s=round(time.perf_counter() - t0, 1), counts=counts, retries=retries(outcomes),
                          max_retries=max_retries, tasks=len(plan.tasks),
-                         task_seconds={k: o.seconds for k, o in outcomes.items() if o.seconds is not None})
+                         task_seconds={k: o.seconds for k, o in outcomes.items() if o.seconds is not None},
+                         storage=storage.root, transfers=transfers(outcomes))
     if storage.remote:  # where the results are, for a reader of the store
         for entry in doc["speakers"].values():
             if entry.get("results"):

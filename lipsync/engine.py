@@ -121,13 +121,16 @@ def _fill(x, values: dict):
 class Outcome:
     """How a task ended. ``status``: "done", "failed" (``error`` says why, one sentence), "skipped"
     (a dependency failed) or "cancelled" (the run was interrupted); ``attempts``: how many times a
-    worker started it (more than 1: Ray retried it after a worker died)."""
+    worker started it (more than 1: Ray retried it after a worker died); ``moved``: on an
+    object-store root, the files and megabytes it fetched and sent and the seconds that took
+    (included in ``seconds``)."""
     key: str
     status: str
     value: Any = None
     error: str | None = None
     attempts: int = 0
     seconds: float | None = None
+    moved: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,10 +208,10 @@ def _execute(fn: Callable, args: tuple, kwargs: dict, key: str, storage: Storage
     t0 = time.perf_counter()
     try:
         storage.put([record])
-        with storage.synced(scope):
+        with storage.synced(scope) as moved:
             value = fn(*args, **kwargs)
     except LipsyncError as err:
-        return ("failed", str(err), attempt, time.perf_counter() - t0)
+        return ("failed", str(err), attempt, time.perf_counter() - t0, {})
     except Exception as err:  # noqa: BLE001 - a bug in one task must not sink the others
         log = f"{markers}/{safe}.error.log"
         storage.path(log).write_text(traceback.format_exc())
@@ -217,8 +220,8 @@ def _execute(fn: Callable, args: tuple, kwargs: dict, key: str, storage: Storage
         except LipsyncError:
             pass
         return ("failed", f"{type(err).__name__}: {err} (traceback in {storage.root}/{log})", attempt,
-                time.perf_counter() - t0)
-    return ("done", value, attempt, time.perf_counter() - t0)
+                time.perf_counter() - t0, {})
+    return ("done", value, attempt, time.perf_counter() - t0, moved)
 
 
 def _safe(key: str) -> str:
@@ -303,10 +306,10 @@ def run_graph(tasks: list[Task], folder: str | os.PathLike | Storage, *, title: 
             for ref in done:
                 key = running.pop(ref)
                 try:
-                    status, value, attempt, seconds = ray.get(ref)
+                    status, value, attempt, seconds, moved = ray.get(ref)
                     outcomes[key] = Outcome(key, status, value=value if status == "done" else None,
                                             error=None if status == "done" else value, attempts=attempt,
-                                            seconds=round(seconds, 2))
+                                            seconds=round(seconds, 2), moved=moved)
                 except ray.exceptions.RayTaskError as err:  # it could not even start (e.g. its code is missing)
                     outcomes[key] = Outcome(key, "failed", attempts=_attempts(markers, key),
                                             error=f"the task could not run ({_last_line(err)}).")
@@ -361,6 +364,14 @@ def _last_line(err: Exception) -> str:
 def _first_line(err: Exception) -> str:
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     return (lines[0] if lines else type(err).__name__)[:200]
+
+
+def transfers(outcomes: dict[str, Outcome]) -> dict:
+    """What the tasks moved between their nodes' mirrors and the object store, in all (empty on a folder)."""
+    moved = [o.moved for o in outcomes.values() if o.moved]
+    if not moved:
+        return {}
+    return {k: round(sum(m.get(k, 0) for m in moved), 2) for k in ("fetched", "fetched_mb", "sent", "sent_mb", "seconds")}
 
 
 def retries(outcomes: dict[str, Outcome]) -> dict[str, int]:

@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -81,6 +82,12 @@ def _filesystem(uri: str):
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return (text[0] if text else type(err).__name__)[:300]
+
+
+def _object_stores() -> tuple:
+    import pyarrow.fs as pafs
+
+    return tuple(c for c in (getattr(pafs, "S3FileSystem", None), getattr(pafs, "GcsFileSystem", None)) if c)
 
 
 def default_mirror(uri: str) -> Path:
@@ -160,8 +167,12 @@ class Storage:
     def pull(self, scopes: Iterable[str] = ("",)) -> int:
         """Fetch the store's files under ``scopes`` that the mirror lacks, or whose copy in the
         store is newer; returns how many were fetched. Nothing on a plain folder."""
+        return self._pull(scopes)[0]
+
+    def _pull(self, scopes: Iterable[str]) -> tuple[int, int]:
+        """(files, bytes) fetched."""
         if not self.remote:
-            return 0
+            return 0, 0
         try:
             todo = []
             for rel, (size, mtime) in self.listing(list(scopes)).items():
@@ -175,12 +186,12 @@ class Storage:
                 if newer or (mtime is None and st.st_size != size):
                     todo.append((rel, mtime))
             with ThreadPoolExecutor(TRANSFER_THREADS) as pool:
-                list(pool.map(lambda x: self._download(*x), todo))
+                sizes = list(pool.map(lambda x: self._download(*x), todo))
         except OSError as err:
             raise LipsyncError(f"Cannot read from the storage root {self.root} ({_first_line(err)}).") from None
-        return len(todo)
+        return len(todo), sum(sizes)
 
-    def _download(self, rel: str, mtime: int | None) -> None:
+    def _download(self, rel: str, mtime: int | None) -> int:
         fs, base = _filesystem(self.root)
         local = self.path(rel)
         local.parent.mkdir(parents=True, exist_ok=True)
@@ -190,7 +201,9 @@ class Storage:
                 shutil.copyfileobj(src, dst, 1 << 20)
             if mtime is not None:
                 os.utime(tmp, ns=(mtime, mtime))
+            size = tmp.stat().st_size
             os.replace(tmp, local)
+            return size
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -220,8 +233,12 @@ class Storage:
         """Send the files under ``scopes`` that are new or changed since ``before`` (a
         ``snapshot``) to the store, and delete there the ones removed since; returns how many
         files were sent. Nothing on a plain folder."""
+        return self._push(scopes, before)[0]
+
+    def _push(self, scopes: Iterable[str], before: dict[str, tuple[int, int]]) -> tuple[int, int]:
+        """(files, bytes) sent."""
         if not self.remote:
-            return 0
+            return 0, 0
         after = self.snapshot(scopes)
         changed = [rel for rel, facts in after.items() if before.get(rel) != facts]
         gone = [rel for rel in before if rel not in after]
@@ -236,7 +253,7 @@ class Storage:
                     pass
         except OSError as err:
             raise LipsyncError(f"Cannot write to the storage root {self.root} ({_first_line(err)}).") from None
-        return len(changed)
+        return len(changed), sum(after[rel][0] for rel in changed)
 
     def _upload(self, rel: str) -> None:
         import pyarrow.fs as pafs
@@ -245,7 +262,8 @@ class Storage:
         local = self.path(rel)
         target = f"{base}/{rel}"
         parent = target.rsplit("/", 1)[0]
-        fs.create_dir(parent, recursive=True)
+        if not isinstance(fs, _object_stores()):  # an object store has no folders to make
+            fs.create_dir(parent, recursive=True)
         # a folder used as a store gets the file whole or not at all (an object store does that itself)
         atomic = isinstance(fs, pafs.LocalFileSystem)
         dest = f"{parent}/.{rel.rsplit('/', 1)[-1]}.tmp-{os.getpid()}-{id(rel)}" if atomic else target
@@ -277,19 +295,27 @@ class Storage:
             raise LipsyncError(f"Cannot write to the storage root {self.root} ({_first_line(err)}).") from None
 
     @contextmanager
-    def synced(self, scopes: Iterable[str]) -> Iterator[None]:
+    def synced(self, scopes: Iterable[str]) -> Iterator[dict]:
         """Pull ``scopes`` (paths relative to the root, or absolute paths under ``local``), run the
-        block, push what it wrote there (also when it raised). Nothing on a plain folder."""
+        block, push what it wrote there (also when it raised). Yields a dict that ends up with what
+        moved: files and megabytes fetched and sent, and the seconds it took. Nothing on a plain
+        folder (the dict stays empty)."""
+        moved: dict = {}
         if not self.remote:
-            yield
+            yield moved
             return
         scopes = [self.rel(x) if os.path.isabs(str(x)) else str(x) for x in scopes]
-        self.pull(scopes)
+        t0 = time.perf_counter()
+        files, size = self._pull(scopes)
         before = self.snapshot(scopes)
+        moved.update(fetched=files, fetched_mb=round(size / 2**20, 2), seconds=time.perf_counter() - t0)
         try:
-            yield
+            yield moved
         finally:
-            self.push(scopes, before)
+            t0 = time.perf_counter()
+            files, size = self._push(scopes, before)
+            moved.update(sent=files, sent_mb=round(size / 2**20, 2),
+                         seconds=round(moved["seconds"] + time.perf_counter() - t0, 3))
 
     def stage(self, src: str | os.PathLike, where: str = "inputs") -> Path:
         """An input file or folder of the driver's machine, copied into the store (once: under the

@@ -270,6 +270,8 @@ def test_an_object_store_root_holds_the_whole_run(tmp_path, speakers, dataset_ru
         (first / "speakers" / "a" / "results.json").read_text())["results"]
     pooled = read("pooled.json")
     assert pooled["speakers"]["a"]["results"] == f"{uri}/speakers/a/results.json"
+    moved = pooled["engine"]["transfers"]
+    assert moved["sent"] > 50 and moved["sent_mb"] > 10 and pooled["engine"]["storage"] == uri
     made = _store_artifacts(s3_bucket, "runs/one")
     assert any(k.endswith("model.safetensors") for k in made) and any("/inputs/" in k for k in made)
     assert fs.get_file_info(f"{s3_bucket}/runs/one/pooled.md").size > 0
@@ -279,6 +281,7 @@ def test_an_object_store_root_holds_the_whole_run(tmp_path, speakers, dataset_ru
     assert main(["--dataset", str(spec), "--out", uri, "--num-cpus", "2", "--quiet"]) == 0
     assert _store_artifacts(s3_bucket, "runs/one") == made
     assert read("speakers/a/results.json")["methods"]["lipsync3d"]["cached"] is True
+    assert read("pooled.json")["engine"]["transfers"]["fetched_mb"] > 10  # the new mirror was filled from the store
     # only dataset runs take a URI; an unreachable store is one sentence
     p = _eval(["--video", str(speakers["a"]), "--out", uri])
     assert p.wait(timeout=120) == 2 and "only --dataset runs write to an object store" in p.communicate()[1]
