@@ -12,6 +12,10 @@ from lipsync.synthesis.schedule import ping_pong
 
 from .core import Sample, TestClip, read_video
 
+# the decoded frames of the output and of the real clip while metrics run: scratch, removed after,
+# named as temporary files so that they never travel to an object-store root
+SCRATCH = (".frames.tmp-decoded", ".target.tmp-decoded")
+
 
 def sample_boxes(landmarks: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
     """Face and mouth boxes (T,4) x0,y0,x1,y1 from landmarks (T,V,3); untracked frames take the
@@ -46,8 +50,8 @@ def build_sample(method: str, clip: TestClip, video: Path, audio: Path, *, with_
     from lipsync.prepared import open_prepared
 
     workdir.mkdir(parents=True, exist_ok=True)
-    frames = read_video(video, workdir / "frames")
-    target_all = read_video(clip.video, workdir / "target")
+    frames = read_video(video, workdir / SCRATCH[0])
+    target_all = read_video(clip.video, workdir / SCRATCH[1])
     order = ping_pong(len(frames), len(target_all))
     prepared = open_prepared(clip.prepared)
     lm = np.array(prepared.array("landmarks"))
@@ -85,5 +89,5 @@ class LazySample:
         import shutil
 
         self._sample = None
-        for sub in ("frames", "target"):
+        for sub in SCRATCH:
             shutil.rmtree(self.workdir / sub, ignore_errors=True)

@@ -14,8 +14,11 @@
 
 The artifacts are named by content hashes and written atomically (a temporary name, then a
 rename), so nearly everything is written once; a file that is rewritten (a report) is fetched
-again when the store's copy is newer than the mirror's. Temporary files and lock files never
-travel. Credentials and endpoints come from each node's environment, as the filesystem's library
+again when the store's copy is newer than the mirror's. Temporary files (a name starting with
+``.`` and holding ``.tmp-`` or ``.partial-``, also for folders: scratch space goes there) and lock
+files never travel. Tasks on one node share its mirror, so a task's push can also send another
+running task's new files; pushes on a node take turns, so the writer's own push, after it has
+finished the file, is the last. Credentials and endpoints come from each node's environment, as the filesystem's library
 reads them (for S3: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``...).
 """
 from __future__ import annotations
@@ -239,6 +242,14 @@ class Storage:
         """(files, bytes) sent."""
         if not self.remote:
             return 0, 0
+        from filelock import FileLock
+
+        # One push at a time on a node: another task's push may have sent a file of this task
+        # while it was still being written; this task's own push, later, then wins.
+        with FileLock(str(self.path(".push.lock"))):
+            return self._push_now(scopes, before)
+
+    def _push_now(self, scopes: list[str], before: dict[str, tuple[int, int]]) -> tuple[int, int]:
         after = self.snapshot(scopes)
         changed = [rel for rel, facts in after.items() if before.get(rel) != facts]
         gone = [rel for rel in before if rel not in after]

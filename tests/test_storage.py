@@ -36,10 +36,12 @@ def test_a_task_on_one_node_hands_its_files_to_the_next_on_another(nodes):
         _write(a, "speakers/s1/cache/model-abc/model.safetensors", "weights")
         _write(a, "speakers/s1/cache/.model.tmp-123.safetensors", "half")
         _write(a, "speakers/s1/cache/.fit-abc.lock", "")
+        _write(a, "speakers/s1/cache/samples/.frames.tmp-decoded/c.frames.npy", "scratch")
         _write(a, "speakers/s2/other.json", "not in the scope")
     assert (store / "speakers/s1/cache/model-abc/model.safetensors").read_text() == "weights"
     assert not (store / "speakers/s1/cache/.model.tmp-123.safetensors").exists()
     assert not (store / "speakers/s1/cache/.fit-abc.lock").exists()
+    assert not (store / "speakers/s1/cache/samples").exists()
     assert not (store / "speakers/s2").exists()
     # node B: the next task finds it, and rewrites a report that node A then sees
     _write(a, "speakers/s1/results.json", "old")
