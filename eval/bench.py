@@ -308,7 +308,7 @@ def _bench_store(ds, base, store: str, n: int, work: Path, keep: str | None) -> 
     import uuid
 
     from eval.dataset import run_dataset
-    from lipsync.storage import Storage, _filesystem
+    from lipsync.storage import Storage
 
     uri = f"{store.rstrip('/')}/bench-ray-{uuid.uuid4().hex[:8]}"
     storage = Storage.open(uri, mirror=work / "mirror")
@@ -319,8 +319,7 @@ def _bench_store(ds, base, store: str, n: int, work: Path, keep: str | None) -> 
         files = storage.listing([""])
     finally:
         if keep is None:
-            fs, path = _filesystem(uri)
-            fs.delete_dir(path)
+            storage.remove()
     print(f"  {n} CPU(s) into {uri}: {wall:.1f} s", file=sys.stderr, flush=True)
     return {"uri": uri, "cpus": n, "wall_s": round(wall, 1), "files": len(files),
             "megabytes": round(sum(size for size, _ in files.values()) / 2**20, 1),

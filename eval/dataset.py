@@ -602,7 +602,8 @@ def run_dataset(dataset: Dataset, base: EvalConfig, out: str | Path, *, address:
     """Run a dataset on Ray (see the module docstring); returns ``pooled.json``'s document.
     ``out``: a folder (every node of a cluster must see it at the same path) or an object-store
     URI (``s3://bucket/prefix``; see ``lipsync.storage``), where the speakers' inputs are copied
-    first (``mirror``: the nodes' mirror folder instead of ``$LIPSYNC_MIRROR``'s). ``KeyboardInterrupt`` after the running tasks are cancelled (the same call resumes)."""
+    first (``mirror``: the nodes' mirror folder instead of ``$LIPSYNC_MIRROR``'s).
+    ``KeyboardInterrupt`` after the running tasks are cancelled (the same call resumes)."""
     from lipsync.engine import connect, disconnect, retries, run_graph, transfers
     from lipsync.storage import Storage
 

@@ -72,8 +72,9 @@ class Task:
         tolerate_failures: run even when a dependency failed (receiving ``Failed``), e.g. a report
             over the groups that did finish.
         scope: the parts of the storage root the task reads and writes (paths relative to it, with
-            ``/``; absolute paths under it; ``Result``s of tasks that return such paths); on an object-store root they are brought to the task's node before it runs
-            and what it wrote there is sent back after (see ``lipsync.storage``).
+            ``/``; absolute paths under it; ``Result``s of tasks that return such paths); on an
+            object-store root they are brought to the task's node before it runs and what it wrote
+            there is sent back after (see ``lipsync.storage``).
     """
     key: str
     fn: Callable
@@ -187,13 +188,8 @@ def _execute(fn: Callable, args: tuple, kwargs: dict, key: str, storage: Storage
     progress display, use ``threads`` CPU threads, bring the storage root's ``scope`` to this node
     (and what the task wrote there back), and turn an expected failure into a result
     (``("failed", sentence)``) so Ray does not retry it."""
-    folder = storage.path(markers)
     safe = _safe(key)
-    try:
-        storage.pull([markers])  # the attempts on other nodes
-    except LipsyncError:
-        pass
-    attempt = 1 + sum(1 for _ in folder.glob(f"{safe}.attempt*.json"))
+    attempt = 1 + len(_Markers(storage, markers).files(f"{safe}.attempt*.json"))  # also those on other nodes
     record = f"{markers}/{safe}.attempt{attempt}.json"
     atomic_write_text(storage.path(record),
                       json.dumps({"key": key, "run": run_id, "attempt": attempt, "pid": os.getpid(),
@@ -236,8 +232,8 @@ def run_graph(tasks: list[Task], folder: str | os.PathLike | Storage, *, title: 
     """Run ``tasks`` on the connected Ray (``connect`` first); returns every task's ``Outcome``.
 
     ``folder`` (a folder every node sees, or a ``Storage``) gets ``progress.json`` and ``engine/``
-    (attempt records and tracebacks of unexpected errors), in its subfolder ``prefix`` if given. Raises ``KeyboardInterrupt`` after cancelling the running
-    tasks when the user presses Ctrl-C."""
+    (attempt records and tracebacks of unexpected errors), in its subfolder ``prefix`` if given.
+    Raises ``KeyboardInterrupt`` after cancelling the running tasks when the user presses Ctrl-C."""
     import ray
 
     by_key = {t.key: t for t in tasks}

@@ -295,6 +295,12 @@ class Storage:
             except FileNotFoundError:
                 pass
 
+    def remove(self) -> None:
+        """Delete everything under the root in the store (the mirror stays)."""
+        if self.remote:
+            fs, base = _filesystem(self.root)
+            fs.delete_dir(base)
+
     def put(self, rels: Iterable[str]) -> None:
         """Send these files (rel paths) to the store as they are now."""
         if not self.remote:
