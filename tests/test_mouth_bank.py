@@ -130,3 +130,63 @@ def test_round_trip_through_arrays_and_shape_checks(bank_and_clip):
         np.testing.assert_array_equal(getattr(again, key), value)
     with pytest.raises(ValueError):
         MouthBank(box=bank.box, patches=bank.patches[:, :-1], shapes=bank.shapes, vertices=bank.vertices, mask=bank.mask)
+
+
+def test_the_bank_spans_the_lip_shapes_with_the_sharpest_frame_of_each():
+    """Known truth: 300 frames of a closed mouth, 20 of a rare wide-open shape, 20 of a rounded
+    one; each frame with a known detail. Evenly spaced frames would keep mostly closed mouths;
+    ``cover_shapes`` keeps every shape, and of each group the frames with the most detail."""
+    from lipsync.model.mouth_bank import cover_shapes
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]])
+    group = np.repeat([0, 1, 2], [300, 20, 20])
+    shapes = centres[group] + rng.normal(0, 0.05, (len(group), 2))
+    detail = rng.random(len(group))
+    picked = cover_shapes(shapes, detail, 6)
+    assert len(picked) <= 6 and (np.diff(picked) > 0).all()
+    assert set(group[picked]) == {0, 1, 2}
+    for g in (1, 2):  # a rare shape: its sharpest frame is among the picks
+        members = np.flatnonzero(group == g)
+        assert members[np.argmax(detail[members])] in picked
+    even = np.linspace(0, len(group) - 1, 6).round().astype(int)
+    assert set(group[even]) != {0, 1, 2}  # what the evenly spaced choice would have missed
+    np.testing.assert_array_equal(cover_shapes(shapes[:5], detail[:5], 6), np.arange(5))
+
+
+def test_patch_detail_ignores_the_edges_of_unseen_texels():
+    from lipsync.model.mouth_bank import patch_detail
+
+    flat = np.full((20, 30, 3), 128, np.uint8)
+    seen = np.ones((20, 30), bool)
+    holed = flat.copy()
+    holed[5:10, 5:10] = 0        # an unseen hole (zeros) in a flat patch
+    seen_holed = seen.copy()
+    seen_holed[5:10, 5:10] = False
+    assert patch_detail(holed, seen_holed) == 0.0
+    assert patch_detail(holed, seen) > 100   # counted as detail if it were seen
+    textured = (flat + np.random.default_rng(0).integers(0, 40, (20, 30, 1))).astype(np.uint8)
+    assert patch_detail(textured, seen) > patch_detail(flat, seen)
+
+
+def test_on_real_frames_the_bank_reaches_the_rarest_shape_and_is_sharper_than_evenly_spaced_frames(prepared_grid):
+    from lipsync.model.mouth_bank import patch_detail
+
+    clip = prepared_grid
+    frames = np.flatnonzero(np.array(clip.array("valid")))
+    vertices = np.array(clip.array("vertices"), np.float32)
+    lips = lip_vertices()
+    bank = build_mouth_bank(clip.array("atlas"), clip.array("atlas_mask"), vertices, clip.regions()["mouth"], frames, lips, size=15)
+    shapes = vertices[frames][:, lips].reshape(len(frames), -1)
+    even = frames[np.linspace(0, len(frames) - 1, 15).round().astype(int)]
+
+    def gap(bank_shapes):  # how far the rarest lip shape of the clip is from the nearest kept one
+        return float(np.sqrt(((shapes[:, None] - bank_shapes[None]) ** 2).sum(-1)).min(1).max())
+
+    assert gap(bank.shapes) < 0.9 * gap(vertices[even][:, lips].reshape(15, -1))
+    t, b, l, r = bank.box
+    mouth = clip.regions()["mouth"][t:b, l:r]
+    atlas, mask = clip.array("atlas"), clip.array("atlas_mask")
+    kept = np.mean([patch_detail(p, mouth) for p in bank.patches])
+    spaced = np.mean([patch_detail(np.asarray(atlas[f, t:b, l:r]), np.asarray(mask[f, t:b, l:r]) & mouth) for f in even])
+    assert kept > spaced

@@ -1,9 +1,10 @@
 """The mouth bank: the speaker's own mouths from the training video, looked up by lip shape.
 
 The network predicts the lower face at a reduced resolution, which leaves the teeth and the
-inside of the mouth soft and tied loosely to the predicted lips. The bank keeps, for evenly
-spaced training frames, the mouth region of the (pose- and lighting-normalized) atlas at full
-resolution, together with that frame's lip shape (the lip vertices of its pose-normalized mesh).
+inside of the mouth soft and tied loosely to the predicted lips. The bank keeps, for training
+frames that span the speaker's lip shapes (the sharpest frame of each cluster of shapes), the
+mouth region of the (pose- and lighting-normalized) atlas at full resolution, together with that
+frame's lip shape (the lip vertices of its pose-normalized mesh).
 At synthesis each frame's mouth is a blend of the bank mouths whose lip shape is nearest to the
 predicted one, so teeth and tongue are real pixels of this speaker, opened as far as the
 predicted lips are (the "teeth proxy" of Suwajanakorn et al. 2017, here for the whole mouth).
@@ -23,7 +24,7 @@ import numpy as np
 
 from ..common import check_shape
 
-BANK_FRAMES = 1000     # at most this many training frames are kept (evenly spaced)
+BANK_FRAMES = 1000     # at most this many training frames are kept (one per cluster of lip shapes)
 NEIGHBOURS = 2         # mouths blended per output frame
 COVERAGE = 0.98        # share of the mouth region a frame's atlas must cover to enter the bank
 MARGIN = 3             # texels of skin kept around the lips, so the blend fades out in skin
@@ -125,7 +126,7 @@ def build_mouth_bank(atlas, atlas_mask, vertices: np.ndarray, mouth_region: np.n
     inside of the mouth), the candidate frames (e.g. the usable training frames) and the lip
     vertex indices. Only frames whose atlas covers the lips (the mouth region less ``interior``,
     (S, S) bool: a closed mouth shows no interior) and whose mesh is finite enter; at most
-    ``size``, evenly spaced. Texels a frame does not cover are taken from ``fill`` (S, S, 3), e.g.
+    ``size``, one per cluster of lip shapes (``cover_shapes``). Texels a frame does not cover are taken from ``fill`` (S, S, 3), e.g.
     the reference atlas. None when fewer than NEIGHBOURS + 1 frames qualify."""
     mask = mouth_blend_mask(mouth_region)
     rows, cols = np.nonzero(mask > 0)
@@ -142,7 +143,11 @@ def build_mouth_bank(atlas, atlas_mask, vertices: np.ndarray, mouth_region: np.n
     if len(frames) < NEIGHBOURS + 1:
         return None
     if len(frames) > size:
-        frames = frames[np.linspace(0, len(frames) - 1, size).round().astype(np.int64)]
+        mouth = mouth_region[t:b, l:r]
+        detail = np.array([patch_detail(np.asarray(atlas[f, t:b, l:r]), np.asarray(atlas_mask[f, t:b, l:r]) & mouth)
+                           for f in frames])
+        shapes = np.asarray(vertices[frames][:, lip_vertices], np.float64).reshape(len(frames), -1)
+        frames = frames[cover_shapes(shapes, detail, size)]
     patches = np.stack([np.asarray(atlas[f, t:b, l:r]) for f in frames]).astype(np.uint8)
     if fill is not None:
         seen = np.stack([np.asarray(atlas_mask[f, t:b, l:r]) for f in frames])
@@ -151,6 +156,39 @@ def build_mouth_bank(atlas, atlas_mask, vertices: np.ndarray, mouth_region: np.n
                      vertices=np.asarray(lip_vertices, np.int64), mask=mask[t:b, l:r])
     bank.shapes = bank.shape_of(np.asarray(vertices[frames]))
     return bank
+
+
+def patch_detail(patch: np.ndarray, seen: np.ndarray) -> float:
+    """Variance of the Laplacian of a patch's luminance (H, W, 3) uint8 on the texels ``seen``
+    (H, W) bool marks, their neighbours seen too (so no edge of an unseen hole counts)."""
+    import cv2
+
+    inside = cv2.erode(seen.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    if not inside.any():
+        return 0.0
+    grey = cv2.cvtColor(np.ascontiguousarray(patch), cv2.COLOR_RGB2GRAY)
+    return float(cv2.Laplacian(grey, cv2.CV_64F, ksize=3)[inside].var())
+
+
+def cover_shapes(shapes: np.ndarray, detail: np.ndarray, size: int, *, seed: int = 0) -> np.ndarray:
+    """Indices (sorted) of at most ``size`` of the rows of ``shapes`` (N, D) that cover them:
+    k-means into ``size`` clusters, and of each cluster the member with the most ``detail`` (N,).
+
+    Evenly spaced frames over-represent the commonest lip shapes (a closed mouth) and include
+    frames blurred by motion or compression; one sharp frame per cluster spans the speaker's lip
+    shapes and keeps the crispest teeth and lips of each."""
+    import warnings
+
+    from scipy.cluster.vq import kmeans2
+
+    if len(shapes) <= size:
+        return np.arange(len(shapes))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an empty cluster only means fewer frames
+        _, labels = kmeans2(np.asarray(shapes, np.float64), size, minit="points", seed=seed, iter=10)
+    order = np.lexsort((-np.asarray(detail, np.float64), labels))  # by cluster, the most detailed first
+    first = order[np.r_[True, labels[order][1:] != labels[order][:-1]]]
+    return np.sort(first)
 
 
 def smooth_in_time(index: np.ndarray, weight: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
