@@ -61,6 +61,9 @@ class TrainOptions:
     # textures learnt from the atlas before lighting normalization (needs --keep-raw-atlas)
     autoregressive: bool = True
     lighting_norm: bool = True
+    # add the fine skin detail of one real training frame to the reference atlas's lower face
+    # (lipsync.model.skin_detail); the per-texel median alone is softer than the real skin
+    skin_detail: bool = True
     # keep a bank of the training frames' full-resolution mouths for synthesis (lipsync.model.mouth_bank)
     mouth_bank: bool = True
     mouth_bank_frames: int = 1000   # at most this many mouths (about 22 KB each at the default atlas size)
@@ -246,6 +249,18 @@ def make_mouth_bank(clip, options: TrainOptions, vertices: np.ndarray, frames: n
     return build_mouth_bank(clip.array(_atlas_name(clip, options)), clip.array("atlas_mask"), vertices,
                             clip.regions()["mouth"], frames, lips, interior=interior.astype(bool),
                             fill=reference_atlas(clip, options), size=options.mouth_bank_frames)
+
+
+def with_skin_detail(clip, options: TrainOptions, speaker, crop, frames: np.ndarray) -> np.ndarray:
+    """The speaker's reference atlas with the fine skin detail of its medoid training frame in
+    the animated lower face (``lipsync.model.skin_detail``)."""
+    from .model.mouth_bank import mouth_blend_mask
+    from .model.skin_detail import detailed_reference
+
+    animated = speaker.region("lower_face") | speaker.region("mouth")
+    atlas, _ = detailed_reference(speaker.reference_atlas, clip.array(_atlas_name(clip, options)), clip.array("atlas_mask"),
+                                  frames, animated, mouth_blend_mask(speaker.region("mouth")), tuple(crop))
+    return atlas
 
 
 def reference_atlas(clip, options: TrainOptions) -> np.ndarray:
@@ -537,6 +552,8 @@ def train(prepared: str | Path, out: str | Path, *, preset: str = "quick", optio
     speaker = SpeakerData.from_prepared(clip)
     if not options.lighting_norm:
         speaker.reference_atlas = reference_atlas(clip, options)
+    if options.skin_detail:
+        speaker.reference_atlas = with_skin_detail(clip, options, speaker, net.config.crop, data.train)
     if options.calibrate_articulation:
         net.config.articulation_gain = articulation_gain(net, data)
     bank = make_mouth_bank(clip, options, net_vertices, data.train) if options.mouth_bank else None
