@@ -29,6 +29,7 @@ def main(argv=None) -> int:
     ap.add_argument("--upsample", type=int, default=None, help="atlas enlargement before rendering "
                     "(default: lipsync.synthesis.TEXTURE_UPSAMPLE)")
     ap.add_argument("--frames", type=int, default=150, help="at most this many frames from the start")
+    ap.add_argument("--keep", type=Path, default=None, help="also save the round-trip video here (.mp4)")
     args = ap.parse_args(argv)
 
     from lipsync.common import setup_cache_env
@@ -67,6 +68,10 @@ def main(argv=None) -> int:
         target = target_for_speaker(speaker, prep, tmp)
         composite_video(speaker, target, verts, texture, out, wav, schedule="aligned", workdir=tmp, crf=12,
                         texture_upsample=up)
+        if args.keep:
+            import shutil
+
+            shutil.copyfile(out, args.keep)
         real = np.stack(list(FrameReader(probe(video), max_frames=n)))
         made = np.stack(list(FrameReader(probe(out), max_frames=n)))
         m = min(len(real), len(made))
