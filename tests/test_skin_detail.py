@@ -6,17 +6,11 @@ from dataclasses import replace
 
 import numpy as np
 
+from eval.metrics.realism import laplacian_variance
 from lipsync.model.skin_detail import add_frame_detail, detailed_reference, medoid_frame
 
 S = 256                   # the default atlas size (the detail's blur is a fixed fraction of it)
 CROP = (128, 240, 32, 224)
-
-
-def laplacian_variance(image: np.ndarray) -> float:
-    import cv2
-
-    grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
-    return float(cv2.Laplacian(grey, cv2.CV_64F, ksize=3).var())
 
 
 def synthetic_atlases(frames: int = 12, seed: int = 0):

@@ -126,8 +126,9 @@ def build_mouth_bank(atlas, atlas_mask, vertices: np.ndarray, mouth_region: np.n
     inside of the mouth), the candidate frames (e.g. the usable training frames) and the lip
     vertex indices. Only frames whose atlas covers the lips (the mouth region less ``interior``,
     (S, S) bool: a closed mouth shows no interior) and whose mesh is finite enter; at most
-    ``size``, one per cluster of lip shapes (``cover_shapes``). Texels a frame does not cover are taken from ``fill`` (S, S, 3), e.g.
-    the reference atlas. None when fewer than NEIGHBOURS + 1 frames qualify."""
+    ``size``, one per cluster of lip shapes (``cover_shapes``). Texels a frame does not cover are
+    taken from ``fill`` (S, S, 3), e.g. the reference atlas. None when fewer than NEIGHBOURS + 1
+    frames qualify."""
     mask = mouth_blend_mask(mouth_region)
     rows, cols = np.nonzero(mask > 0)
     if not len(rows):

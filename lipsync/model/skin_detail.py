@@ -6,10 +6,10 @@ predicts only a smooth change over it, so the synthesized lower face looks softe
 one. This module takes a real, ordinary training frame (``medoid_frame``: of the frames at
 least as detailed as the typical one, the one whose lower face is nearest to the median at low
 frequencies) and gives the median that frame's high frequencies (an image minus a Gaussian blur
-of it, ``sigma`` texels) inside the animated region, the lips and
-mouth left out (those come from the mouth bank or the network): the colours and shading stay the
-median's, the grain is a real frame's. In the atlas's UV space the detail is
-attached to the skin, so it moves with the mesh as the mouth opens.
+of it, ``sigma`` texels) inside the animated region, the lips and mouth left out (those come
+from the mouth bank or the network): the colours and shading stay the median's, the grain is a
+real frame's. In the atlas's UV space the detail is attached to the skin, so it moves with the
+mesh as the mouth opens.
 
 Plain numpy and OpenCV; shapes: S the atlas size, (t, b, l, r) the animated crop in texels.
 """
