@@ -172,11 +172,19 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict:
 
 
 def disconnect(info: dict) -> None:
-    """Stop the Ray that ``connect`` started (a joined cluster keeps running)."""
+    """Stop the Ray that ``connect`` started (a joined cluster keeps running). Called while an
+    error or Ctrl-C is on its way up (in a ``finally``), a failure to stop is ignored, so the
+    caller sees the first cause rather than this one."""
     import ray
 
     if info.get("started") and ray.is_initialized():
-        ray.shutdown()
+        if sys.exc_info()[0] is None:
+            ray.shutdown()
+            return
+        try:
+            ray.shutdown()
+        except Exception:  # noqa: BLE001 - see above
+            pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,7 +324,10 @@ def run_graph(tasks: list[Task], folder: str | os.PathLike | Storage, *, title: 
             display.update(outcomes, running.values(), submitted, time.time() - t_start)
     except KeyboardInterrupt:
         for ref, key in running.items():
-            ray.cancel(ref, force=True)
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - the task ended meanwhile: the interruption still stands
+                pass
             outcomes[key] = Outcome(key, "cancelled", error="interrupted", attempts=_attempts(markers, key))
         for key in waiting:
             outcomes[key] = Outcome(key, "cancelled", error="interrupted")

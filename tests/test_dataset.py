@@ -207,7 +207,7 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(tmp_path, speakers, datas
     time.sleep(0.5)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
-    assert p.returncode == 130 and "run the same command again" in err
+    assert p.returncode == 130 and "run the same command again" in err, err
     finished = _artifacts(out)
     assert any("/prepared-" in k and k.endswith(".npy") for k in finished)
     p = _eval(["--dataset", str(spec), "--out", str(out), "--num-cpus", "2"])
@@ -438,3 +438,24 @@ def test_engine_skips_what_needs_a_failure_and_reports_it(tmp_path):
     assert out["all"].value == [12, "failed: bad failed: 7 is not welcome here."]
     state = json.loads((tmp_path / "progress.json").read_text())
     assert state["finished"] and state["counts"]["skipped"] == 2 and state["tasks"]["a"]["pid"] > 0
+
+
+def test_a_failure_to_stop_ray_does_not_hide_the_interruption(monkeypatch):
+    """Ctrl-C on its way up through ``disconnect`` stays a Ctrl-C (the command exits 130 with its
+    message) even when stopping Ray fails; after a clean run the same failure is reported."""
+    import ray
+
+    from lipsync.engine import disconnect
+
+    def broken():
+        raise RuntimeError("the raylet is already gone")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "shutdown", broken)
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            raise KeyboardInterrupt
+        finally:
+            disconnect({"started": True})
+    with pytest.raises(RuntimeError):
+        disconnect({"started": True})
