@@ -76,6 +76,19 @@ def save_model(folder: Path, net, speaker: SpeakerData, audio_norm: AudioNorm, *
     atomic_write_bytes(folder / CONFIG, json.dumps(config, indent=2).encode(), what="model config file")
 
 
+def store_half(folder: Path) -> None:
+    """Rewrite ``folder``'s weights file with the network's float32 tensors stored as float16,
+    which halves its share of the file (for a model shipped in a repository). The speaker data
+    and the mouth bank are kept as they are; loading casts the weights back to float32, so a
+    model stored this way runs like any other, with weights rounded to float16 precision."""
+    import torch
+    from safetensors.torch import load_file, save
+
+    tensors = load_file(str(folder / WEIGHTS))
+    half = {k: (v.half() if k.startswith("net.") and v.dtype == torch.float32 else v) for k, v in tensors.items()}
+    atomic_write_bytes(folder / WEIGHTS, save(half), what="model weights file")
+
+
 @dataclass(frozen=True)
 class TrainSummary:
     """What ``training.json`` records about a finished training run.

@@ -66,7 +66,7 @@ class TrainOptions:
     skin_detail: bool = True
     # keep a bank of the training frames' full-resolution mouths for synthesis (lipsync.model.mouth_bank)
     mouth_bank: bool = True
-    mouth_bank_frames: int = 1000   # at most this many mouths (about 22 KB each at the default atlas size)
+    mouth_bank_frames: int = 250    # at most this many mouths (about 22 KB each at the default atlas size)
     # scale synthesized mouth movements so they are as large as the speaker's on the validation part
     calibrate_articulation: bool = True
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lipsync.model.mouth_bank import NEIGHBOURS, MouthBank, build_mouth_bank, mouth_blend_mask
+from lipsync.model.mouth_bank import MouthBank, build_mouth_bank, mouth_blend_mask
 from lipsync.topology import load_topology
 
 
@@ -37,13 +37,16 @@ def test_a_bank_frames_own_lip_shape_returns_its_own_mouth(bank_and_clip):
 
 
 def test_weights_are_a_partition_of_unity_and_change_continuously(bank_and_clip):
+    """With K > 1 the blend weights are continuous in the lip shape (the default, K = 1, takes the
+    nearest mouth, and the mixing over time makes its changes cross-fades)."""
     bank, _, vertices = bank_and_clip
+    k = 2
     a, b = bank.shapes[3].reshape(-1, 3), bank.shapes[30].reshape(-1, 3)
     steps = np.linspace(0, 1, 2001)
     path = np.repeat(vertices[:1], len(steps), 0)
     path[:, bank.vertices] = (1 - steps)[:, None, None] * a + steps[:, None, None] * b
-    index, weight = bank.weights(path)
-    assert index.shape == weight.shape == (len(steps), NEIGHBOURS)
+    index, weight = bank.weights(path, k)
+    assert index.shape == weight.shape == (len(steps), k)
     assert (weight >= 0).all()
     np.testing.assert_allclose(weight.sum(1), 1.0, atol=1e-5)
     # a bank mouth enters and leaves the blend with no weight: found by bisection, the weights
@@ -51,7 +54,7 @@ def test_weights_are_a_partition_of_unity_and_change_continuously(bank_and_clip)
     def dense_at(t: float) -> np.ndarray:
         shape = vertices[:1].copy()
         shape[0, bank.vertices] = (1 - t) * a + t * b
-        i, w = bank.weights(shape)
+        i, w = bank.weights(shape, k)
         out = np.zeros(len(bank.patches))
         out[i[0]] = w[0]
         return out
@@ -65,7 +68,7 @@ def test_weights_are_a_partition_of_unity_and_change_continuously(bank_and_clip)
             mid = 0.5 * (lo + hi)
             lo, hi = (mid, hi) if support(dense_at(mid)) == support(dense_at(lo)) else (lo, mid)
         assert np.abs(dense_at(hi) - dense_at(lo)).max() < 1e-3
-    mouths = bank.mouths(path[[0, -1]])
+    mouths = bank.mouths(path[[0, -1]], k)
     np.testing.assert_allclose(mouths[0], bank.patches[3], atol=0.5)
     np.testing.assert_allclose(mouths[1], bank.patches[30], atol=0.5)
 
@@ -190,3 +193,18 @@ def test_on_real_frames_the_bank_reaches_the_rarest_shape_and_is_sharper_than_ev
     kept = np.mean([patch_detail(p, mouth) for p in bank.patches])
     spaced = np.mean([patch_detail(np.asarray(atlas[f, t:b, l:r]), np.asarray(mask[f, t:b, l:r]) & mouth) for f in even])
     assert kept > spaced
+
+
+def test_one_mouth_per_frame_is_sharper_than_a_blend_of_two(bank_and_clip):
+    """The default takes each frame's nearest bank mouth: at the lip shapes of frames that are not
+    in the bank it has more detail than the blend of the two nearest (teeth of two frames overlaid)."""
+    from lipsync.model.mouth_bank import patch_detail
+
+    bank, _, vertices = bank_and_clip
+    others = [f for f in range(len(vertices)) if np.isfinite(vertices[f]).all()
+              and np.sqrt(((bank.shape_of(vertices[f:f + 1]) - bank.shapes) ** 2).sum(1)).min() > 1e-4]
+    assert len(others) >= 10
+    seen = bank.mask > 0.99
+    one = np.mean([patch_detail(m.round().astype(np.uint8), seen) for m in bank.mouths(vertices[others])])
+    two = np.mean([patch_detail(m.round().astype(np.uint8), seen) for m in bank.mouths(vertices[others], 2)])
+    assert one > two
