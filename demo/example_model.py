@@ -7,9 +7,9 @@ for a model trained on 3 seconds. This module re-makes it and records what it ou
     python -m demo.example_model --video ../shared/data/grid_s1/s1_train_180s.mp4
 
 preprocesses the video (or takes ``--prepared``), trains the quick preset with a smaller mouth
-bank (``BANK_FRAMES`` mouths, to keep the repository light), and replaces ``MODEL_DIR`` with the
-model and ``RECORDED``: the model's outputs for the bundled clip's audio, which a test checks
-the shipped model still reproduces.
+bank (``BANK_FRAMES`` mouths) and stores the network's weights as float16, which keeps the folder
+under 5 MB, and replaces ``MODEL_DIR`` with the model and ``RECORDED``: the model's outputs for
+the bundled clip's audio, which a test checks the shipped model still reproduces.
 """
 from __future__ import annotations
 
@@ -28,7 +28,10 @@ from .config import EXAMPLE_VIDEO, PROJECT_ROOT
 MODEL_DIR = PROJECT_ROOT / "demo" / "assets" / "grid_s1_model"
 RECORDED = "recorded_outputs.npz"
 SHIPPED_FILES = ("config.json", "model.safetensors", "training.json", "train_log.csv", "loss.png")
-BANK_FRAMES = 500      # mouths kept in the shipped bank: ~11 MB of the model's ~14 MB
+# mouths kept in the shipped bank (~2.7 MB). On the GRID evaluation, a bank of 120 lip-shape
+# clusters made mouths as sharp as one of 250 and sharper than one of 1000 (each kept mouth is
+# the sharpest of more frames), with slightly fewer teeth (0.51 against 0.54 of the real ones).
+BANK_FRAMES = 120
 CROP_EVERY = 15        # frames of the predicted texture kept in the record (every 15th)
 
 
@@ -68,6 +71,7 @@ def make(video: Path | None, *, out: Path = MODEL_DIR, prepared: Path | None = N
     model's shipped files and its recorded outputs. ``options``: ``TrainOptions`` (default: the
     quick preset with a ``BANK_FRAMES``-mouth bank). Nothing at ``out`` changes on failure."""
     from lipsync.files import atomic_output
+    from lipsync.model_io import store_half
     from lipsync.preprocessing import preprocess
     from lipsync.training import PRESETS, train
 
@@ -88,6 +92,7 @@ def make(video: Path | None, *, out: Path = MODEL_DIR, prepared: Path | None = N
                     at = at[key]
                 at["prepared"] = Path(at["prepared"]).name  # no path of the machine that made it
                 (dest / name).write_text(json.dumps(doc, indent=2))
+            store_half(dest)
             np.savez_compressed(dest / RECORDED, **record_outputs(dest))
             (dest / "options.json").write_text(json.dumps(asdict(options), indent=2))
     return out

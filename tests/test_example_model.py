@@ -3,9 +3,13 @@ that re-makes it produces a folder of the same kind."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+
+import torch
+from safetensors.torch import load_file
 
 from demo import example_model
 from lipsync.common import LipsyncError
@@ -42,7 +46,7 @@ def test_shipped_model_loads_and_reproduces_its_recorded_outputs():
     assert model.mouth_bank is not None and len(model.mouth_bank.patches) == example_model.BANK_FRAMES
     assert_reproduces(folder)
     size = sum(f.stat().st_size for f in folder.iterdir())
-    assert size < 16e6, f"the shipped model takes {size / 1e6:.1f} MB"
+    assert (folder / "model.safetensors").stat().st_size < 5e6 and size < 6e6, f"the shipped model takes {size / 1e6:.1f} MB"
 
 
 def test_the_command_makes_a_shipped_model_folder(prepared_grid, tmp_path):
@@ -53,6 +57,9 @@ def test_the_command_makes_a_shipped_model_folder(prepared_grid, tmp_path):
     assert "checkpoint.pt" not in names
     assert json.loads((out / "training.json").read_text())["prepared"] == prepared_grid.path.name
     assert len(load_model(out).mouth_bank.patches) == 5
+    dtypes = {k: v.dtype for k, v in load_file(str(out / "model.safetensors")).items()}
+    assert {d for k, d in dtypes.items() if k.startswith("net.")} == {torch.float16}
+    assert dtypes["mouth_bank.patches"] == dtypes["speaker.reference_atlas"] == torch.uint8
     assert_reproduces(out)
     # a failing re-make leaves the shipped folder as it was
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -60,3 +67,21 @@ def test_the_command_makes_a_shipped_model_folder(prepared_grid, tmp_path):
         example_model.make(None, out=out, prepared=tmp_path / "no-such-clip", options=TINY, workdir=tmp_path)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("lipsync-example-")]
+
+
+def test_float16_weights_make_the_same_face(prepared_grid, tmp_path):
+    """Weights stored as float16 (the shipped model) load as float32 and give the outputs of the
+    float32 weights to within float16 rounding, from a smaller file."""
+    from lipsync.model_io import store_half
+    from lipsync.training import train
+
+    model = Path(train(prepared_grid.path, tmp_path / "model", preset="quick", options=TINY))
+    before, size = example_model.record_outputs(model), (model / "model.safetensors").stat().st_size
+    net_bytes = sum(v.numel() * 4 for k, v in load_file(str(model / "model.safetensors")).items() if k.startswith("net."))
+    store_half(model)
+    after = example_model.record_outputs(model)
+    assert (model / "model.safetensors").stat().st_size <= size - net_bytes // 2 + 4096
+    assert load_model(model).net.geometry.basis.weight.dtype == torch.float32
+    spread = np.ptp(before["vertices"], axis=0).max()
+    assert np.abs(after["vertices"] - before["vertices"]).max() < 0.02 * spread
+    np.testing.assert_allclose(after["crops"], before["crops"], atol=2e-3)
