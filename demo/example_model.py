@@ -28,9 +28,10 @@ from .config import EXAMPLE_VIDEO, PROJECT_ROOT
 MODEL_DIR = PROJECT_ROOT / "demo" / "assets" / "grid_s1_model"
 RECORDED = "recorded_outputs.npz"
 SHIPPED_FILES = ("config.json", "model.safetensors", "training.json", "train_log.csv", "loss.png")
-# mouths kept in the shipped bank (~2.7 MB). On the GRID evaluation, a bank of 120 lip-shape
-# clusters made mouths as sharp as one of 250 and sharper than one of 1000 (each kept mouth is
-# the sharpest of more frames), with slightly fewer teeth (0.51 against 0.54 of the real ones).
+# mouths kept in the shipped bank (~2.7 MB, against 250 by default). On the GRID evaluation
+# clips, with one mouth kept per k-means cluster of all frames, 120 mouths were as sharp as 250
+# and sharper than 1000 (each kept mouth is the sharpest of more frames), with slightly fewer
+# teeth (0.51 against 0.54 of the real ones for 1000).
 BANK_FRAMES = 120
 CROP_EVERY = 15        # frames of the predicted texture kept in the record (every 15th)
 

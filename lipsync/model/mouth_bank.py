@@ -2,17 +2,16 @@
 
 The network predicts the lower face at a reduced resolution, which leaves the teeth and the
 inside of the mouth soft and tied loosely to the predicted lips. The bank keeps, for training
-frames that span the speaker's lip shapes (the sharpest frames of each neighbourhood of shapes), the
+frames that span the speaker's lip shapes (the sharpest of each neighbourhood of shapes), the
 mouth region of the (pose- and lighting-normalized) atlas at full resolution, together with that
 frame's lip shape (the lip vertices of its pose-normalized mesh).
-At synthesis each frame's mouth is a blend of the bank mouths whose lip shape is nearest to the
-predicted one, so teeth and tongue are real pixels of this speaker, opened as far as the
-predicted lips are (the "teeth proxy" of Suwajanakorn et al. 2017, here for the whole mouth).
+At synthesis each frame's mouth is the bank mouth whose lip shape is nearest to the predicted
+one, so teeth and tongue are real pixels of this speaker, opened as far as the predicted lips
+are (the "teeth proxy" of Suwajanakorn et al. 2017, here for the whole mouth).
 
-Each frame takes the bank mouth whose lip shape is nearest to the predicted one (K = 1), and
-the mouths of neighbouring frames are mixed in over a short Gaussian in time, so a change of bank
-mouth is a cross-fade and none flashes in for a single frame. Blending the K > 1 nearest mouths
-of one frame (Shepard's modified inverse-distance weights, ``((1 - d / d_K+1)+ / d)^2``, which
+With K = 1 (the default) the mouths of neighbouring frames are mixed in over a short Gaussian
+in time, so a change of bank mouth is a cross-fade and none flashes in for a single frame.
+Blending the K > 1 nearest mouths of one frame (Shepard's modified inverse-distance weights, ``((1 - d / d_K+1)+ / d)^2``, which
 are continuous in the lip shape and exact at a bank frame) overlays teeth of different frames
 and was measurably softer: on the GRID evaluation clips, with a 1000-mouth bank and the same
 network, K = 2 gave a mouth sharpness of 0.84 of the real video's against 0.86 for K = 1 and
