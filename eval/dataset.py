@@ -618,7 +618,8 @@ def run_dataset(dataset: Dataset, base: EvalConfig, out: str | Path, *, address:
         if info.get("dashboard") and not base.quiet:
             print(f"[eval] Ray dashboard: {info['dashboard']}", flush=True)
         plan = build_graph(dataset, base, out, gpus=info["gpus"])
-        outcomes = run_graph(plan.tasks, storage, title="eval", show=not base.quiet)
+        outcomes = run_graph(plan.tasks, storage, title="eval", show=not base.quiet,
+                             cancel=not info["started"])
     finally:
         disconnect(info)
     pooled_outcome = outcomes[plan.pool_key]

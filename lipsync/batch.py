@@ -517,7 +517,8 @@ def run_batch(jobs_csv: str | os.PathLike, out: str | os.PathLike, *, address: s
             tasks, dubs = build_graph(todo, out, keys, preset=preset, device=device, renderer=renderer,
                                       gpus=info["gpus"], node_cpus=_node_cpus())
             try:
-                outcomes = run_graph(tasks, storage, title="batch", show=show, prefix=WORK)
+                outcomes = run_graph(tasks, storage, title="batch", show=show, prefix=WORK,
+                                     cancel=not info["started"])
             except KeyboardInterrupt:
                 write_summary(storage, _rows(jobs, keys, records, {}, dubs, out, interrupted=True,
                                              stored=_stored(storage, jobs)))

@@ -178,13 +178,12 @@ def disconnect(info: dict) -> None:
     import ray
 
     if info.get("started") and ray.is_initialized():
-        if sys.exc_info()[0] is None:
-            ray.shutdown()
-            return
+        unwinding = sys.exc_info()[0] is not None
         try:
             ray.shutdown()
-        except Exception:  # noqa: BLE001 - see above
-            pass
+        except Exception:
+            if not unwinding:
+                raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,12 +235,15 @@ def _safe(key: str) -> str:
 # the driver
 
 def run_graph(tasks: list[Task], folder: str | os.PathLike | Storage, *, title: str = "run", show: bool = True,
-              refresh_s: float = 1.0, prefix: str = "") -> dict[str, Outcome]:
+              refresh_s: float = 1.0, prefix: str = "", cancel: bool = True) -> dict[str, Outcome]:
     """Run ``tasks`` on the connected Ray (``connect`` first); returns every task's ``Outcome``.
 
     ``folder`` (a folder every node sees, or a ``Storage``) gets ``progress.json`` and ``engine/``
     (attempt records and tracebacks of unexpected errors), in its subfolder ``prefix`` if given.
-    Raises ``KeyboardInterrupt`` after cancelling the running tasks when the user presses Ctrl-C."""
+    Raises ``KeyboardInterrupt`` after cancelling the running tasks when the user presses Ctrl-C;
+    with ``cancel=False`` they are left to the caller, for a Ray this process started (``connect``'s
+    ``started``), whose shutdown stops them: Ray 2.60's driver can abort on a cancelled task's late
+    reply (a known race of ``ray.cancel``), which turned a Ctrl-C into a crash."""
     import ray
 
     by_key = {t.key: t for t in tasks}
@@ -324,10 +326,11 @@ def run_graph(tasks: list[Task], folder: str | os.PathLike | Storage, *, title: 
             display.update(outcomes, running.values(), submitted, time.time() - t_start)
     except KeyboardInterrupt:
         for ref, key in running.items():
-            try:
-                ray.cancel(ref, force=True)
-            except Exception:  # noqa: BLE001 - the task ended meanwhile: the interruption still stands
-                pass
+            if cancel:
+                try:
+                    ray.cancel(ref, force=True)
+                except Exception:  # noqa: BLE001 - the task ended meanwhile: the interruption still stands
+                    pass
             outcomes[key] = Outcome(key, "cancelled", error="interrupted", attempts=_attempts(markers, key))
         for key in waiting:
             outcomes[key] = Outcome(key, "cancelled", error="interrupted")

@@ -11,11 +11,11 @@ are (the "teeth proxy" of Suwajanakorn et al. 2017, here for the whole mouth).
 
 With K = 1 (the default) the mouths of neighbouring frames are mixed in over a short Gaussian
 in time, so a change of bank mouth is a cross-fade and none flashes in for a single frame.
-Blending the K > 1 nearest mouths of one frame (Shepard's modified inverse-distance weights, ``((1 - d / d_K+1)+ / d)^2``, which
-are continuous in the lip shape and exact at a bank frame) overlays teeth of different frames
-and was measurably softer: on the GRID evaluation clips, with a 1000-mouth bank and the same
-network, K = 2 gave a mouth sharpness of 0.84 of the real video's against 0.86 for K = 1 and
-showed no more teeth.
+Blending the K > 1 nearest mouths of one frame (Shepard's modified inverse-distance weights,
+``((1 - d / d_K+1)+ / d)^2``, which are continuous in the lip shape and exact at a bank frame)
+overlays teeth of different frames and was measurably softer: on the GRID evaluation clips,
+with a 1000-mouth bank and the same network, K = 2 gave a mouth sharpness of 0.84 of the real
+video's against 0.86 for K = 1 and showed no more teeth.
 
 Plain numpy; no torch. Shapes: N bank frames, L lip vertices, (h, w) the mouth box in texels.
 """
