@@ -73,6 +73,29 @@ def test_weights_are_a_partition_of_unity_and_change_continuously(bank_and_clip)
     np.testing.assert_allclose(mouths[1], bank.patches[30], atol=0.5)
 
 
+def test_the_lookup_picks_the_mouth_whose_lips_part_like_the_predicted_ones():
+    """Of two bank mouths, one with the predicted lips' vertical parting but a wider mouth and one
+    with their width but another parting, the lookup takes the first, though it is further away
+    with all coordinates weighed alike: how far the lips part decides how much of the teeth shows."""
+    lips = lip_vertices()
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(len(lips), 3))
+    sign = np.where(np.arange(len(lips)) % 2, 1.0, -1.0)
+    wider, parted = base.copy(), base.copy()
+    wider[:, 0] += sign * 1.0 / np.sqrt(len(lips))   # x differs from the query by a norm of 1.0
+    parted[:, 1] += sign * 0.8 / np.sqrt(len(lips))  # y differs by a norm of 0.8
+    patches = np.stack([np.full((4, 4, 3), 230, np.uint8), np.full((4, 4, 3), 40, np.uint8)])  # teeth / cavity
+    bank = MouthBank(box=np.array([0, 4, 0, 4]), patches=patches,
+                     shapes=np.stack([wider.reshape(-1), parted.reshape(-1)]).astype(np.float32),
+                     vertices=lips, mask=np.ones((4, 4), np.float32))
+    query = np.zeros((1, 468, 3), np.float32)
+    query[0, lips] = base
+    assert np.linalg.norm(bank.shapes[0] - base.reshape(-1)) > np.linalg.norm(bank.shapes[1] - base.reshape(-1))
+    index, weight = bank.weights(query)
+    assert index[0, 0] == 0 and weight[0, 0] == pytest.approx(1.0)
+    assert (bank.mouths(query)[0] == 230).all()
+
+
 def test_mixing_over_time_stops_a_mouth_flashing_in_for_one_frame(bank_and_clip):
     bank, _, vertices = bank_and_clip
     # the lips sit on bank shape 3, except for one frame on shape 30
