@@ -36,7 +36,7 @@ TEMPORAL_SIGMA = 0.5   # frames over which the blend weights are mixed in time
 LOCAL = 32             # lip shapes a frame's detail is compared with when the bank is chosen
 LOCAL_QUANTILE = 0.5   # ... and the share of them it must be at least as detailed as to be a candidate
 SNAP = 1e-4            # a lip shape this close to a bank shape (relative to the K+1-th distance) is that shape
-# weights of the canonical x (across), y (up) and z (depth) coordinates of the lip vertices in the
+# weights of the canonical x (across), y (vertical) and z (depth) coordinates of the lip vertices in the
 # distance that finds a frame's bank mouth: how far apart the lips are vertically decides how much
 # of the teeth shows, so it counts more than the mouth's width and protrusion (see ``MouthBank.key``)
 AXIS_WEIGHTS = (0.5, 1.0, 0.5)
