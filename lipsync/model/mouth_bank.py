@@ -72,10 +72,9 @@ class MouthBank:
 
         The bank mouth is drawn on the predicted lips whichever it is, so the choice decides only
         what shows between them. Weighing the vertical coordinate twice the others picks mouths
-        whose lips part like the predicted ones: on the GRID evaluation clips (250 mouths, the
-        shapes predicted from their audio) the chosen mouths hold 0.77 of the teeth texels of the
-        real frames' atlases against 0.70 with equal weights, and 0.81 either way when the lookup
-        is given the real lip shapes."""
+        whose lips part like the predicted ones: in the GRID evaluation (``make eval``, the same
+        trained models) the output's teeth went from 0.50 to 0.54 of the real video's, its
+        sharpness unchanged."""
         w = np.tile(np.asarray(AXIS_WEIGHTS, np.float64), len(self.vertices))
         return np.asarray(shapes, np.float64) * w[None]
 
