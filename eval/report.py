@@ -312,12 +312,42 @@ def write_csv(path: Path, doc: dict) -> None:
                                 e.get("unavailable", "")])
 
 
+def reproduce_command(cfg: dict) -> str:
+    """The ``eval.run`` command line that repeats a run of configuration ``cfg`` (a results
+    document's ``config``): every option that changes what is measured and differs from its
+    default (the methods, the metrics, the test clips, the cross-audio test, the seed)."""
+    from .config import DEFAULT_METHODS, EvalConfig
+    from .metrics import available_metrics
+
+    default = EvalConfig(video=Path("."), out=Path("."))
+    parts = ["python -m eval.run", f"--video {cfg['video']}"]
+    if cfg.get("test_clips"):
+        parts.append(f"--test-clips {cfg['test_clips']}")
+    else:
+        if cfg.get("test_fraction", default.test_fraction) != default.test_fraction:
+            parts.append(f"--test-fraction {cfg['test_fraction']:g}")
+        if cfg.get("clip_seconds", default.clip_seconds) != default.clip_seconds:
+            parts.append(f"--clip-seconds {cfg['clip_seconds']:g}")
+    if cfg.get("max_test_clips") is not None:
+        parts.append(f"--max-test-clips {cfg['max_test_clips']}")
+    if cfg.get("methods") and list(cfg["methods"]) != list(DEFAULT_METHODS):
+        parts.append("--methods " + " ".join(cfg["methods"]))
+    if cfg.get("metrics") and list(cfg["metrics"]) != available_metrics():
+        parts.append("--metrics " + " ".join(cfg["metrics"]))
+    if cfg.get("cross_audio_test") is False:
+        parts.append("--no-cross-audio")
+    elif cfg.get("cross_audio"):
+        parts.append("--cross-audio " + " ".join(cfg["cross_audio"]))
+    if cfg.get("seed", 0) != default.seed:
+        parts.append(f"--seed {cfg['seed']}")
+    parts.append(f"--preset {cfg['preset']} --out RESULTS")
+    return " ".join(parts)
+
+
 def write_report(path: Path, doc: dict, claims: list[dict], plots: list[str]) -> None:
     cfg, proto = doc["config"], doc["protocol"]
     L = ["# Evaluation report", ""]
-    cmd = f"python -m eval.run --video {cfg['video']}" + (f" --test-clips {cfg['test_clips']}" if cfg["test_clips"] else "")
-    cmd += f" --preset {cfg['preset']} --out RESULTS"
-    L += [f"Reproduce: `{cmd}` (seed {cfg['seed']}, git {doc.get('git_commit') or 'unknown'}).", ""]
+    L += [f"Reproduce: `{reproduce_command(cfg)}` (seed {cfg['seed']}, git {doc.get('git_commit') or 'unknown'}).", ""]
     if proto.get("protocol") == "self-reenactment":
         L.append(f"Protocol: self-reenactment. Trained on the first {proto['train_frames']} frames of the video, tested on "
                  f"the last {proto['test_frames']} ({100 * proto['test_fraction']:.0f}%), cut into {len(doc['test_clips'])} "

@@ -77,6 +77,40 @@ def test_claims_are_decided_by_paired_intervals():
     assert missing["frozen"]["verdict"] == "not tested"
 
 
+@pytest.mark.parametrize("changes", [
+    {},
+    {"methods": ["ground_truth", "lipsync3d"], "metrics": ["teeth", "lmd"], "cross_audio_test": False, "seed": 3},
+    {"test_fraction": 0.3, "clip_seconds": 4.0, "max_test_clips": 2, "cross_audio": ["a.wav", "b.wav"], "preset": "tiny"},
+    {"test_clips": "clips", "test_fraction": 0.3},  # with separate test clips the fraction is not used
+])
+def test_the_reports_command_repeats_the_run(changes):
+    """The report's "Reproduce" command, parsed by eval.run's own command line, gives back every
+    setting of the run that changes what is measured."""
+    import shlex
+
+    from eval.config import DEFAULT_METHODS, EvalConfig
+    from eval.metrics import available_metrics
+    from eval.report import reproduce_command
+    from eval.run import build_parser
+
+    cfg = {"video": "talk.mp4", "test_clips": None, "methods": list(DEFAULT_METHODS), "metrics": available_metrics(),
+           "preset": "quick", "seed": 0, "test_fraction": 0.2, "clip_seconds": 5.0, "max_test_clips": None,
+           "cross_audio": None, "cross_audio_test": True, **changes}
+    words = shlex.split(reproduce_command(cfg))
+    assert words[:3] == ["python", "-m", "eval.run"]
+    got = EvalConfig.from_args(build_parser().parse_args(words[3:]))
+    assert str(got.video) == cfg["video"] and (str(got.test_clips) if got.test_clips else None) == cfg["test_clips"]
+    assert list(got.methods or DEFAULT_METHODS) == cfg["methods"]
+    assert list(got.metrics or available_metrics()) == cfg["metrics"]
+    assert (got.preset, got.seed, got.max_test_clips, got.cross_audio_test) == \
+        (cfg["preset"], cfg["seed"], cfg["max_test_clips"], cfg["cross_audio_test"])
+    assert list(got.cross_audio or []) == list(cfg["cross_audio"] or [])
+    if not cfg["test_clips"]:
+        assert (got.test_fraction, got.clip_seconds) == (cfg["test_fraction"], cfg["clip_seconds"])
+    if not changes:
+        assert reproduce_command(cfg) == "python -m eval.run --video talk.mp4 --preset quick --out RESULTS"
+
+
 def test_bad_inputs_give_one_sentence(tmp_path, capsys):
     from eval.run import main
 
@@ -134,6 +168,7 @@ def test_tiny_run_writes_every_output(tiny_run):
     assert {r["method"] for r in rows} == {"ground_truth", "frozen", "lipsync3d"}
     report = (out / "report.md").read_text()
     assert "| method |" in report and "unavailable" in report and "claims" in report
+    assert "--methods ground_truth frozen lipsync3d --preset tiny --out RESULTS`" in report
 
 
 def test_tiny_run_reuses_its_work(tiny_run):
