@@ -338,7 +338,7 @@ def reproduce_command(cfg: dict) -> str:
         parts.append("--no-cross-audio")
     elif cfg.get("cross_audio"):
         parts.append("--cross-audio " + " ".join(cfg["cross_audio"]))
-    if cfg.get("seed", 0) != default.seed:
+    if cfg.get("seed", default.seed) != default.seed:
         parts.append(f"--seed {cfg['seed']}")
     parts.append(f"--preset {cfg['preset']} --out RESULTS")
     return " ".join(parts)
