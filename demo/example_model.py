@@ -51,7 +51,7 @@ def model_key(folder: Path) -> str:
 def record_outputs(folder: Path, audio_source: Path = EXAMPLE_VIDEO) -> dict[str, np.ndarray]:
     """What the model at ``folder`` makes of ``audio_source``'s sound at 25 fps: the predicted
     vertices (T, V, 3), every ``CROP_EVERY``-th predicted texture crop (n, H, W, 3), the per-frame
-    mean of all crops (T,), and the mouth bank's lookup (index and weight (T, K))."""
+    mean of all crops (T,), and the mouth bank's choice of mouth per frame (T,)."""
     from lipsync.media import load_audio
     from lipsync.model_io import load_model
     from lipsync.synthesis.pipeline import predict
@@ -61,8 +61,7 @@ def record_outputs(folder: Path, audio_source: Path = EXAMPLE_VIDEO) -> dict[str
     out = {"vertices": verts.astype(np.float32), "crops": crops[::CROP_EVERY].astype(np.float32),
            "crop_means": crops.mean((1, 2, 3)).astype(np.float32)}
     if model.mouth_bank is not None:
-        index, weight = model.mouth_bank.weights(verts)
-        out.update(bank_index=index, bank_weight=weight)
+        out.update(bank_index=model.mouth_bank.frame_choice(verts))
     return out
 
 

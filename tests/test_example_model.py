@@ -25,13 +25,10 @@ def assert_reproduces(folder):
     for name in ("vertices", "crops", "crop_means"):
         np.testing.assert_allclose(now[name], recorded[name], atol=1e-4, err_msg=name)
     if "bank_index" in now:
-        # the nearest bank mouths and their weights; a tie broken the other way would move a weight
-        # from one index to another, so the weights are compared per (frame, index)
-        for t in range(len(now["bank_index"])):
-            a = dict(zip(now["bank_index"][t].tolist(), now["bank_weight"][t].tolist()))
-            b = dict(zip(recorded["bank_index"][t].tolist(), recorded["bank_weight"][t].tolist()))
-            for k in set(a) | set(b):
-                assert abs(a.get(k, 0.0) - b.get(k, 0.0)) < 1e-3, (t, k)
+        # the mouth each frame shows; the path's costs come from float32 shapes, so a near tie may
+        # be broken the other way on another machine: nearly every frame must agree
+        assert now["bank_index"].shape == recorded["bank_index"].shape
+        assert (now["bank_index"] == recorded["bank_index"]).mean() >= 0.98
 
 
 def test_shipped_model_loads_and_reproduces_its_recorded_outputs():

@@ -37,8 +37,8 @@ def test_a_bank_frames_own_lip_shape_returns_its_own_mouth(bank_and_clip):
 
 
 def test_weights_are_a_partition_of_unity_and_change_continuously(bank_and_clip):
-    """With K > 1 the blend weights are continuous in the lip shape (the default, K = 1, takes the
-    nearest mouth, and the mixing over time makes its changes cross-fades)."""
+    """With K > 1 the blend weights are continuous in the lip shape (synthesis shows one mouth per
+    frame, chosen along the sequence by ``MouthPath``)."""
     bank, _, vertices = bank_and_clip
     k = 2
     a, b = bank.shapes[3].reshape(-1, 3), bank.shapes[30].reshape(-1, 3)
@@ -96,20 +96,83 @@ def test_the_lookup_picks_the_mouth_whose_lips_part_like_the_predicted_ones():
     assert (bank.mouths(query)[0] == 230).all()
 
 
-def test_mixing_over_time_stops_a_mouth_flashing_in_for_one_frame(bank_and_clip):
+def between(bank, vertices, i, j, share):
+    """A mesh whose lips are ``share`` of the way from bank shape i to bank shape j."""
+    mesh = vertices[:1].copy()
+    mesh[0, bank.vertices] = ((1 - share) * bank.shapes[i] + share * bank.shapes[j]).reshape(-1, 3)
+    return mesh
+
+
+def test_the_path_keeps_one_mouth_where_the_lips_hover_between_two(bank_and_clip):
+    """Lips that wander about the midpoint of two bank shapes (the nearest alternating from frame
+    to frame) keep one of the two mouths; a still mouth on a bank shape is that frame's own mouth;
+    lips that move for good to another bank shape get its mouth."""
     bank, _, vertices = bank_and_clip
-    # the lips sit on bank shape 3, except for one frame on shape 30
-    seq = np.repeat(vertices[:1], 9, 0)
-    seq[:, bank.vertices] = bank.shapes[3].reshape(-1, 3)
-    seq[4, bank.vertices] = bank.shapes[30].reshape(-1, 3)
-    plain = bank.mouths(seq)
-    idx, w = bank.frame_weights(seq, sigma=1.0)
-    mixed = np.stack([bank.blend(i, wi) for i, wi in zip(idx, w)])
-    np.testing.assert_allclose(w.sum(1), 1.0, atol=1e-5)
-    jump = lambda m: np.abs(m[4] - m[3]).mean()  # noqa: E731
-    assert jump(mixed) < 0.5 * jump(plain)
-    # a still mouth on a bank shape stays that bank frame's own mouth
-    np.testing.assert_allclose(mixed[0], bank.patches[3], atol=0.5)
+    i = 3
+    near = bank.key(bank.shapes)
+    j = int(np.argsort(((near - near[i]) ** 2).sum(1))[1])  # the bank shape nearest to shape i
+    # lips at 0.5 +- e of the way from i to j: the nearer mouth's gain, 2e of the squared distance
+    # between the shapes (``unary``'s units), is kept below a quarter of the cost of a change
+    gain = float(bank.unary(between(bank, vertices, i, j, 1.0))[0, i])
+    e = 0.125 * float(bank.transition[i, j]) / gain
+    assert 0 < e < 0.5
+    wobble = [0.5 + (e if t % 2 else -e) for t in range(12)]
+    seq = np.concatenate([between(bank, vertices, i, j, w) for w in wobble])
+    nearest = bank.weights(seq)[0][:, 0]
+    assert (nearest[1:] != nearest[:-1]).all()  # frame by frame the mouth would flash back and forth
+    chosen = bank.frame_choice(seq)
+    assert len(chosen) == len(seq) and set(chosen) <= {i, j} and len(set(chosen)) == 1
+    # held on shape i, then on shape j: a change costs less than two frames a whole shape away
+    assert bank.transition[i, j] < 2 * gain
+    still = np.concatenate([between(bank, vertices, i, j, 0.0)] * 5 + [between(bank, vertices, i, j, 1.0)] * 5)
+    np.testing.assert_array_equal(bank.frame_choice(still), [i] * 5 + [j] * 5)
+
+
+def test_a_stream_of_meshes_chooses_as_a_whole_sequence(bank_and_clip):
+    """``MouthPath`` fed one mesh at a time (as a live stream feeds it) decides each frame one frame
+    late and chooses what ``frame_choice`` chooses for the whole sequence, with any lag."""
+    from lipsync.model.mouth_bank import MouthPath
+
+    bank, _, vertices = bank_and_clip
+    seq = vertices[np.isfinite(vertices).all((1, 2))][:40]
+    whole = bank.frame_choice(seq)
+    path, got = MouthPath(bank), []
+    for t, mesh in enumerate(seq):
+        got += path.push(mesh)
+        assert len(got) == t  # frame t is decided once frame t + 1 is seen
+    got += path.finish()
+    np.testing.assert_array_equal(got, whole)
+    assert path.finish() == [] and MouthPath(bank).finish() == []
+    for lag in (0, 3):
+        path = MouthPath(bank, lag)
+        out = [m for mesh in seq for m in path.push(mesh)] + path.finish()
+        assert len(out) == len(seq) and path.finish() == []
+    # without the transition cost the path is the nearest mouth of every frame
+    free = MouthPath(bank, 0)
+    bank.__dict__["_cache"][2]["transition"] = np.zeros_like(bank.transition)
+    try:
+        out = [m for mesh in seq for m in free.push(mesh)]
+    finally:
+        bank.__dict__.pop("_cache")
+    np.testing.assert_array_equal(out, bank.weights(seq)[0][:, 0])
+
+
+def test_the_path_shows_more_teeth_than_mixing_neighbouring_mouths(bank_and_clip):
+    """On the clip's own lip shapes: one whole mouth per frame keeps its teeth as light as the bank
+    frames', where mixing each frame's mouth with its neighbours' (a cross-fade over half a frame)
+    greys them. Teeth: texels inside the lips as light as the lightest 2% of the bank's."""
+    bank, _, vertices = bank_and_clip
+    seq = vertices[np.isfinite(vertices).all((1, 2))][:60]
+    inside = bank.mask >= 0.99
+    light = np.percentile(bank.patches[:, inside].mean(-1), 98)
+    teeth = lambda mouths: (mouths[:, inside].mean(-1) >= light).sum(1)  # noqa: E731
+    chosen = bank.patches[bank.frame_choice(seq)].astype(np.float32)
+    nearest = bank.mouths(seq)
+    taps = np.array([0.107, 0.786, 0.107], np.float32)  # a Gaussian of half a frame
+    padded = np.concatenate([nearest[:1], nearest, nearest[-1:]])
+    mixed = taps[0] * padded[:-2] + taps[1] * padded[1:-1] + taps[2] * padded[2:]
+    assert teeth(nearest).sum() > 0
+    assert teeth(chosen).sum() > 1.1 * teeth(mixed).sum()
 
 
 def test_paste_replaces_the_lips_and_keeps_the_rest(bank_and_clip):

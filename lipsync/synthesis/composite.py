@@ -17,7 +17,7 @@ from .targets import Target
 TEXTURE_UPSAMPLE = 2  # atlas enlargement before rendering (see composite_video)
 # Bumped whenever rendering or blending changes what a video looks like, so that caches of
 # rendered videos (eval.run's) are not reused across such a change.
-RENDER_VERSION = 5
+RENDER_VERSION = 6
 
 
 def feather_mask(region: np.ndarray, feather: float) -> np.ndarray:

@@ -136,11 +136,11 @@ def synthesize(model, *, out: str | Path, audio: str | Path | None = None, text:
         relight = bool(model.config.get("training", {}).get("options", {}).get("lighting_norm", True))
         bank = model.mouth_bank if mouth_bank else None
         if bank is not None:
-            bank_index, bank_weight = bank.frame_weights(verts)
+            bank_index = bank.frame_choice(verts)
 
         def texture_at(i: int) -> np.ndarray:
             atlas = assemble_atlas(sp.reference_atlas, crops[i] - ref_crop, box, mask)
-            return atlas if bank is None else bank.paste(atlas, bank.blend(bank_index[i], bank_weight[i]))
+            return atlas if bank is None else bank.paste(atlas, bank.patches[bank_index[i]].astype(np.float32))
 
         done = composite_video(sp, target_clip, verts, texture_at, out, wav, schedule=schedule, renderer=renderer, relight=relight, workdir=work,
                                crf=crf, progress=progress)

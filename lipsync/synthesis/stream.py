@@ -167,7 +167,7 @@ class LiveSession:
         folder, removed by ``close``, if None)."""
         import torch
 
-        from ..model.mouth_bank import TEMPORAL_SIGMA
+        from ..model.mouth_bank import MouthPath
 
         self.model = model
         model.net.eval()
@@ -188,8 +188,8 @@ class LiveSession:
         self.box = tuple(model.net.config.crop)
         self.ref_crop = model.net.reference_crop.numpy().transpose(1, 2, 0)
         self.bank = model.mouth_bank if mouth_bank else None
-        self.sigma = TEMPORAL_SIGMA
-        self.bank_radius = int(np.ceil(2 * TEMPORAL_SIGMA)) if self.bank is not None else 0
+        self._path = MouthPath(self.bank) if self.bank is not None else None
+        self.bank_radius = self._path.lag if self.bank is not None else 0
         self.columns = model.net.config.columns
         self.offsets = window_offsets(self.columns, model.net.config.lookahead)  # window columns around a centre
         self.spec = StreamingLogMel()
@@ -201,8 +201,7 @@ class LiveSession:
         self._prev = model.net.reference_crop[None]
         self._torch = torch
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # (verts, crop) of frames emitted + i
-        self._rows: list[tuple[np.ndarray, np.ndarray]] = []  # bank weights of frames _rows_first + i
-        self._rows_first = 0
+        self._mouths: list[int] = []  # bank mouths chosen for frames emitted + i
         self.predicted = 0  # frames whose geometry and texture are made
         self.emitted = 0
         self.resets = 0
@@ -211,8 +210,8 @@ class LiveSession:
     @property
     def lookahead_s(self) -> float:
         """Audio past a frame's start that must arrive before the frame can be made: the model's
-        window (its columns past the frame's centre, plus half an FFT window) and the mouth
-        bank's next frames."""
+        window (its columns past the frame's centre, plus half an FFT window) and the frames the
+        mouth bank's path looks ahead."""
         past_centre = int(self.offsets[-1]) * HOP / SAMPLE_RATE + (N_FFT // 2) / SAMPLE_RATE
         return 0.5 / self.fps + past_centre + self.bank_radius / self.fps
 
@@ -294,10 +293,12 @@ class LiveSession:
                 self._prev, reset = net.texture_step(z, self._prev, t)
             self.resets += reset
             if self.bank is not None:
-                self._rows.append(self.bank.weights(verts[None]))
+                self._mouths += self._path.push(verts)
             self._pending.append((verts, self._prev[0].permute(1, 2, 0).numpy()))
             self.predicted += 1
             self.spec.forget_before(self._centre(t + 1) + int(self.offsets[0]))
+        if final and self.bank is not None:
+            self._mouths += self._path.finish()
         out = []
         while self._pending and (final or self.predicted > self.emitted + self.bank_radius):
             verts, crop = self._pending.pop(0)
@@ -305,33 +306,15 @@ class LiveSession:
             self.emitted += 1
         return out
 
-    def _bank_mouth(self, t: int) -> np.ndarray:
-        """Frame t's bank mouth, its weights mixed with its neighbours' as ``MouthBank.frame_weights``
-        mixes them over a whole sequence (whose ends are the stream's first and last frames)."""
-        from ..model.mouth_bank import smooth_in_time
-
-        r = self.bank_radius
-        first = max(0, t - r)
-        rows = self._rows[first - self._rows_first:t + r + 1 - self._rows_first]
-        index, weight = smooth_in_time(np.concatenate([i for i, _ in rows]), np.concatenate([w for _, w in rows]),
-                                       self.sigma)
-        mouth = self.bank.blend(index[t - first], weight[t - first])
-        drop = t + 1 - r - self._rows_first  # frames before t + 1 - r are never looked at again
-        if drop > 0:
-            del self._rows[:drop]
-            self._rows_first += drop
-        return mouth
-
     def _compose(self, t: int, verts: np.ndarray, crop: np.ndarray) -> LiveFrame:
         k = int(self.usable[ping_pong_at(t, len(self.usable))])
         image = self.frames[k]
+        mouth = self._mouths.pop(0) if self.bank is not None else None
         if self.compositor.shows_face(k):
             atlas = assemble_atlas(self.model.speaker.reference_atlas, crop - self.ref_crop, self.box, self.mask)
-            if self.bank is not None:
-                atlas = self.bank.paste(atlas, self._bank_mouth(t))
+            if mouth is not None:
+                atlas = self.bank.paste(atlas, self.bank.patches[mouth].astype(np.float32))
             image = self.compositor.compose(image, k, verts, atlas)
-        elif self.bank is not None:
-            self._bank_mouth(t)  # keeps the weights' window moving
         spf = SAMPLE_RATE / self.fps
         a, b = int(round(t * spf)), int(round((t + 1) * spf))
         audio = self._audio[a - self._audio_base:b - self._audio_base]
