@@ -131,15 +131,15 @@ class MouthBank:
 
     @property
     def _scales(self) -> dict:
+        """The bank's lookup keys and the path's cost units, computed once per bank."""
         cached = self.__dict__.get("_cache")
         if cached is None or cached[0] is not self.patches or cached[1] is not self.shapes:
             keys = self.key(self.shapes)
-            inside = self.mask >= 0.99
-            px = self.patches[:, inside].reshape(len(self.patches), -1).astype(np.float64)
-            cached = (self.patches, self.shapes, {"keys": keys, "shape": _nearest_scale(_square_distances(keys)),
-                                                  "transition": _square_distances(px) / max(px.shape[1], 1)})
-            appearance = cached[2]["transition"]
-            cached[2]["transition"] = TRANSITION * appearance / _nearest_scale(appearance)
+            pixels = self.patches[:, self.mask >= 0.99].reshape(len(self.patches), -1).astype(np.float64)
+            appearance = _square_distances(pixels) / max(pixels.shape[1], 1)
+            scales = {"keys": keys, "shape": _nearest_scale(_square_distances(keys)),
+                      "transition": TRANSITION * appearance / _nearest_scale(appearance)}
+            cached = (self.patches, self.shapes, scales)
             self.__dict__["_cache"] = cached
         return cached[2]
 
