@@ -87,7 +87,9 @@ def render_cached(method, clip: TestClip, audio: Path, out: Path, fit_info: dict
     model = fit_info.get("model")
     if isinstance(model, str) and os.sep in model:
         model = Path(model).name  # a model folder's name holds its content key; where it lies does not matter
-    key = content_key(method.name, model, Path(clip.video), Path(audio), RESULTS_VERSION, RENDER_VERSION)
+    settings = method.render_settings()  # synthesis settings that change the video (none by default)
+    key = content_key(method.name, model, Path(clip.video), Path(audio), RESULTS_VERSION, RENDER_VERSION,
+                      *([settings] if settings else []))
     meta = out.with_suffix(".json")
     if out.is_file() and meta.is_file():
         d = json.loads(meta.read_text())

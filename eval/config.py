@@ -46,6 +46,7 @@ class EvalConfig:
     seed: int = 0
     device: str = "auto"
     renderer: str = "auto"
+    mouth_motion: float = 1.0
     wav2lip_checkpoint: str | None = None
     external: str | None = None
     external_name: str = "external"
@@ -60,13 +61,16 @@ class EvalConfig:
     @classmethod
     def from_args(cls, args) -> "EvalConfig":
         """From the parsed command line (``eval.run.build_parser``)."""
+        from lipsync.synthesis.pipeline import check_mouth_motion
+
         tup = lambda v: tuple(v) if v else None  # noqa: E731
         return cls(video=Path(args.video) if args.video else None, out=Path(args.out), test_clips=Path(args.test_clips) if args.test_clips else None,
                    methods=tup(args.methods), metrics=tup(args.metrics), preset=args.preset or "quick",
                    test_fraction=args.test_fraction, clip_seconds=args.clip_seconds,
                    max_test_clips=args.max_test_clips, cross_audio=tup(args.cross_audio),
                    cross_audio_test=not args.no_cross_audio, side_by_side=not args.no_video, seed=args.seed,
-                   device=args.device, renderer=args.renderer, wav2lip_checkpoint=args.wav2lip_checkpoint,
+                   device=args.device, renderer=args.renderer, mouth_motion=check_mouth_motion(args.mouth_motion),
+                   wav2lip_checkpoint=args.wav2lip_checkpoint,
                    external=args.external, external_name=args.external_name, lpips_weights=args.lpips_weights,
                    syncnet_weights=args.syncnet_weights, s3fd_weights=args.s3fd_weights,
                    inception_weights=args.inception_weights, quiet=args.quiet)

@@ -315,7 +315,8 @@ def write_csv(path: Path, doc: dict) -> None:
 def reproduce_command(cfg: dict) -> str:
     """The ``eval.run`` command line that repeats a run of configuration ``cfg`` (a results
     document's ``config``): every option that changes what is measured and differs from its
-    default (the methods, the metrics, the test clips, the cross-audio test, the seed)."""
+    default (the methods, the metrics, the test clips, the cross-audio test, the seed, the mouth
+    motion)."""
     from .config import DEFAULT_METHODS, EvalConfig
     from .metrics import available_metrics
 
@@ -340,6 +341,8 @@ def reproduce_command(cfg: dict) -> str:
         parts.append("--cross-audio " + " ".join(cfg["cross_audio"]))
     if cfg.get("seed", default.seed) != default.seed:
         parts.append(f"--seed {cfg['seed']}")
+    if cfg.get("mouth_motion", default.mouth_motion) != default.mouth_motion:
+        parts.append(f"--mouth-motion {cfg['mouth_motion']:g}")
     parts.append(f"--preset {cfg['preset']} --out RESULTS")
     return " ".join(parts)
 

@@ -272,7 +272,8 @@ def run_context(config: EvalConfig, p: Prepared, progress=None) -> RunContext:
                       preset=config.preset, seed=config.seed, device=resolve_device(config.device),
                       progress=progress or _progress_printer(False),
                       options={"wav2lip_checkpoint": config.wav2lip_checkpoint, "external_dir": config.external,
-                               "external_name": config.external_name, "renderer": config.renderer})
+                               "external_name": config.external_name, "renderer": config.renderer,
+                               "mouth_motion": config.mouth_motion})
 
 
 @dataclass
@@ -418,7 +419,7 @@ def report_run(config: EvalConfig, p: Prepared, fitted: list[Fitted], measured: 
                    "train_seconds": config.train_seconds,
                    "cross_audio": list(config.cross_audio) if config.cross_audio else None,
                    "cross_audio_test": config.cross_audio_test, "renderer": config.renderer,
-                   "bootstrap": {"resamples": 2000, "seed": config.seed}},
+                   "mouth_motion": config.mouth_motion, "bootstrap": {"resamples": 2000, "seed": config.seed}},
         "versions": _versions(),
         "git_commit": _git_commit(),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
@@ -498,6 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--renderer", choices=["auto", "gl", "nvdiffrast", "reference"], default="auto")
+    ap.add_argument("--mouth-motion", type=float, default=1.0, metavar="M",
+                    help="lipsync3d and its 3D ablations synthesize with this mouth motion (as lipsync synthesize "
+                         "--mouth-motion; default 1: as much as the speaker); the trained models are reused")
     ap.add_argument("--wav2lip-checkpoint", metavar="PATH", help="official wav2lip.pth / wav2lip_gan.pth")
     ap.add_argument("--external", metavar="DIR", help="folder of another system's results, one video per test clip")
     ap.add_argument("--external-name", default="external", help="label of --external in the report")

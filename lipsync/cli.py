@@ -115,6 +115,7 @@ def _cmd_synthesize(args) -> int:
         warnings.simplefilter("always")
         summary = model.synthesize(out=args.out, audio=args.audio, text=args.text, target=args.target, mesh=args.mesh,
                                    blendshapes=args.blendshapes, renderer=args.renderer, mouth_bank=not args.no_mouth_bank,
+                                   mouth_motion=args.mouth_motion,
                                    progress=_tqdm_progress(not args.quiet and sys.stderr.isatty() or args.progress))
     for w in caught:
         if issubclass(w.category, UserWarning):
@@ -246,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "nvdiffrast when CUDA is there, else OpenGL)")
     p.add_argument("--no-mouth-bank", action="store_true",
                    help="draw the network's own mouth instead of the real mouths kept in the model's mouth bank")
+    p.add_argument("--mouth-motion", type=float, default=1.0, metavar="M",
+                   help="how much the mouth moves, relative to the speaker's own amount measured in training "
+                        "(default 1; 0.8 subtler, 1.2 more pronounced; 0.25-2)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
     p.set_defaults(func=_cmd_synthesize)

@@ -80,6 +80,7 @@ def test_claims_are_decided_by_paired_intervals():
 @pytest.mark.parametrize("changes", [
     {},
     {"methods": ["ground_truth", "lipsync3d"], "metrics": ["teeth", "lmd"], "cross_audio_test": False, "seed": 3},
+    {"mouth_motion": 0.8},
     {"test_fraction": 0.3, "clip_seconds": 4.0, "max_test_clips": 2, "cross_audio": ["a.wav", "b.wav"], "preset": "tiny"},
     {"test_clips": "clips", "test_fraction": 0.3},  # with separate test clips the fraction is not used
 ])
@@ -95,7 +96,7 @@ def test_the_reports_command_repeats_the_run(changes):
 
     cfg = {"video": "talk.mp4", "test_clips": None, "methods": list(DEFAULT_METHODS), "metrics": available_metrics(),
            "preset": "quick", "seed": 0, "test_fraction": 0.2, "clip_seconds": 5.0, "max_test_clips": None,
-           "cross_audio": None, "cross_audio_test": True, **changes}
+           "cross_audio": None, "cross_audio_test": True, "mouth_motion": 1.0, **changes}
     words = shlex.split(reproduce_command(cfg))
     assert words[:3] == ["python", "-m", "eval.run"]
     got = EvalConfig.from_args(build_parser().parse_args(words[3:]))
@@ -105,6 +106,7 @@ def test_the_reports_command_repeats_the_run(changes):
     assert (got.preset, got.seed, got.max_test_clips, got.cross_audio_test) == \
         (cfg["preset"], cfg["seed"], cfg["max_test_clips"], cfg["cross_audio_test"])
     assert list(got.cross_audio or []) == list(cfg["cross_audio"] or [])
+    assert got.mouth_motion == cfg["mouth_motion"]
     if not cfg["test_clips"]:
         assert (got.test_fraction, got.clip_seconds) == (cfg["test_fraction"], cfg["clip_seconds"])
     if not changes:
@@ -121,6 +123,8 @@ def test_bad_inputs_give_one_sentence(tmp_path, capsys):
     assert main(["--video", str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "file"), "--quiet"]) == 2
     assert main(["--video", "x.mp4", "--out", str(tmp_path / "r2"), "--methods", "nope", "--quiet"]) == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
+    assert main(["--video", "x.mp4", "--out", str(tmp_path / "r3"), "--mouth-motion", "5", "--quiet"]) == 2
+    assert "mouth motion must be between" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +185,30 @@ def test_tiny_run_reuses_its_work(tiny_run):
     assert doc["methods"]["lipsync3d"]["cached"] is True
     assert all(v["render"]["cached"] for per in doc["per_clip"].values() for v in per.values())
     assert doc["results"] == before["results"]
+
+
+def test_a_run_with_more_mouth_motion_reuses_the_models_and_renders_again(tiny_run, tmp_path):
+    """``--mouth-motion`` changes the videos, not the training: the model is reused, every
+    lipsync3d video is made again and differs (the ground truth's stay cached), and the report's
+    command carries the setting (that the motion scales the mouth is checked in test_synthesis)."""
+    import shutil
+
+    from eval.run import main
+
+    out, _ = tiny_run
+    before = json.loads((out / "results.json").read_text())
+    again = tmp_path / "results"
+    shutil.copytree(out, again)
+    args = ["--video", before["config"]["video"], "--preset", "tiny", "--methods", "ground_truth", "lipsync3d",
+            "--metrics", "articulation", "--no-cross-audio", "--no-video", "--mouth-motion", "1.6", "--out", str(again), "--quiet"]
+    assert main(args) == 0
+    doc = json.loads((again / "results.json").read_text())
+    assert doc["methods"]["lipsync3d"]["cached"] is True and doc["config"]["mouth_motion"] == 1.6
+    assert not any(v["render"]["cached"] for v in doc["per_clip"]["lipsync3d"].values())
+    assert all(v["render"]["cached"] for v in doc["per_clip"]["ground_truth"].values())
+    for clip, v in doc["per_clip"]["lipsync3d"].items():  # a different video from the same model
+        assert (again / v["video"]).read_bytes() != (out / before["per_clip"]["lipsync3d"][clip]["video"]).read_bytes()
+    assert "--mouth-motion 1.6" in (again / "report.md").read_text()
 
 
 def test_human_study_from_the_results(tiny_run, tmp_path):

@@ -141,6 +141,7 @@ def test_bad_input_is_refused_with_one_sentence(model, tmp_path):
         (["--audio", noface], "no audio that ffmpeg can decode"),
         (["--audio", tiny, "--target", noface], "No face was found"),
         (["--text", "  "], "--text is empty"),
+        (["--audio", tiny, "--mouth-motion", "0"], "mouth motion must be between"),
     ]
     for extra, expected in cases:
         out = tmp_path / "o.mp4"
@@ -154,6 +155,35 @@ def test_bad_input_is_refused_with_one_sentence(model, tmp_path):
     assert p.returncode == 2 and "not a model folder" in p.stderr
     p = run_cli("synthesize", "--model", mdir, "--audio", tiny, "--out", tmp_path / "x.avi")
     assert p.returncode == 2 and "should end in .mp4" in p.stderr
+
+
+def test_mouth_motion_scales_the_faces_change_from_its_mean(model, speech, monkeypatch):
+    """``mouth_motion`` m: every vertex's offset from the model's mean face is m times the trained
+    one (known truth: the geometry is linear in that scale), and a live session passes its own m
+    to the same place."""
+    from lipsync.common import LipsyncError
+    from lipsync.media import load_audio
+    from lipsync.synthesis import LiveSession
+    from lipsync.synthesis.pipeline import predict
+
+    audio = load_audio(speech)
+    mean = model.net.geometry.basis.bias.detach().view(-1, 3).numpy()
+    base, crops = predict(model, audio, 25.0)
+    for m in (0.5, 1.7):
+        verts, crops_m = predict(model, audio, 25.0, m)
+        np.testing.assert_allclose(verts - mean, m * (base - mean), atol=1e-5)
+        np.testing.assert_array_equal(crops_m, crops)  # the texture does not depend on it
+    seen = []
+    shapes = type(model.net).shapes
+    monkeypatch.setattr(type(model.net), "shapes", lambda self, z, motion=1.0: seen.append(motion) or shapes(self, z, motion))
+    with pytest.raises(LipsyncError, match="mouth motion"):
+        LiveSession(model, mouth_motion=3.0)
+    session = LiveSession(model, renderer="gl", mouth_motion=0.6)
+    try:
+        session.push(audio[:16000], 16000)
+    finally:
+        session.close()
+    assert seen and set(seen) == {0.6}
 
 
 def test_silent_audio_gives_a_still_closed_mouth(model, tmp_path):

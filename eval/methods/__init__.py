@@ -40,6 +40,11 @@ class Method:
         (e.g. ``{"seconds": 231.0, "cached": False}``)."""
         return {}
 
+    def render_settings(self) -> dict:
+        """Settings of ``render`` beyond the trained model that change the videos it makes (part
+        of the rendered videos' cache key); empty by default."""
+        return {}
+
     def render(self, clip: TestClip, audio: Path, out: Path) -> dict:
         """Write ``out`` (mp4, H.264 + AAC): the method's result for ``clip`` driven by ``audio``
         (16 kHz mono wav). Output frame i is laid over the clip's frame

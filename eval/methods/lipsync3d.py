@@ -82,9 +82,14 @@ class LipSync3D(Method):
             self._model = load_model(self.model_dir)
         return self._model
 
+    def render_settings(self) -> dict:
+        motion = float(self.ctx.options.get("mouth_motion", 1.0))
+        return {"mouth_motion": motion} if motion != 1.0 else {}
+
     def render(self, clip: TestClip, audio: Path, out: Path) -> dict:
         r = self.model().synthesize(out=out, audio=audio, target=clip.prepared, schedule="aligned",
-                                    renderer=self.ctx.options.get("renderer", "auto"), crf=EVAL_CRF)
+                                    renderer=self.ctx.options.get("renderer", "auto"), crf=EVAL_CRF,
+                                    mouth_motion=self.ctx.options.get("mouth_motion", 1.0))
         return {"frames": r.frames, "renderer": r.renderer, "notes": r.notes}
 
 
@@ -115,7 +120,8 @@ class NoMouthBank(LipSync3D):
 
     def render(self, clip: TestClip, audio: Path, out: Path) -> dict:
         r = self.model().synthesize(out=out, audio=audio, target=clip.prepared, schedule="aligned", mouth_bank=False,
-                                    renderer=self.ctx.options.get("renderer", "auto"), crf=EVAL_CRF)
+                                    renderer=self.ctx.options.get("renderer", "auto"), crf=EVAL_CRF,
+                                    mouth_motion=self.ctx.options.get("mouth_motion", 1.0))
         return {"frames": r.frames, "renderer": r.renderer, "notes": r.notes}
 
 

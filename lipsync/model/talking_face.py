@@ -89,12 +89,12 @@ class TalkingFaceModel(nn.Module):
         return verts, crop
 
     @torch.no_grad()
-    def rollout(self, windows: torch.Tensor):
+    def rollout(self, windows: torch.Tensor, motion: float = 1.0):
         """Auto-regressive inference over a sequence: each frame is conditioned on the previous
         frame's own prediction (the first on the reference crop).
 
         Returns vertices (T, V, 3) and crops (T, 3, H, W). Geometry does not depend on the previous
-        frame, so it is computed for all frames at once. ``self.rollout_resets`` is set to the
+        frame, so it is computed for all frames at once (``motion``: see ``shapes``). ``self.rollout_resets`` is set to the
         number of frames where the loop restarted.
 
         The loop is guarded: fed its own output, it can jump into a state it never saw in
@@ -107,7 +107,7 @@ class TalkingFaceModel(nn.Module):
         """
         self.eval()
         z = torch.cat([self.audio(windows[i:i + 256]) for i in range(0, len(windows), 256)])
-        verts = torch.cat([self.shapes(z[i:i + 256]) for i in range(0, len(z), 256)])
+        verts = torch.cat([self.shapes(z[i:i + 256], motion) for i in range(0, len(z), 256)])
         crops = torch.empty(len(z), *self.reference_crop.shape)
         self.rollout_resets = 0
         if not self.config.autoregressive:
@@ -122,12 +122,14 @@ class TalkingFaceModel(nn.Module):
         return verts, crops
 
     @torch.no_grad()
-    def shapes(self, z: torch.Tensor) -> torch.Tensor:
-        """Vertices (B, V, 3) of audio codes (B, latent), with the articulation gain applied."""
+    def shapes(self, z: torch.Tensor, motion: float = 1.0) -> torch.Tensor:
+        """Vertices (B, V, 3) of audio codes (B, latent), their change from the mean face scaled by
+        the articulation gain times ``motion`` (1: as trained, the speaker's own amount of motion)."""
         verts = self.geometry(z)
-        if self.config.articulation_gain != 1.0:
+        gain = self.config.articulation_gain * float(motion)
+        if gain != 1.0:
             mean = self.geometry.basis.bias.view(1, -1, 3)
-            verts = mean + self.config.articulation_gain * (verts - mean)
+            verts = mean + gain * (verts - mean)
         return verts
 
     @torch.no_grad()

@@ -76,8 +76,24 @@ def _check_output(path: Path, suffixes: tuple[str, ...], what: str) -> Path:
     return path
 
 
-def predict(model, audio: np.ndarray, fps: float):
-    """Model outputs for 16 kHz ``audio`` at ``fps``: vertices (T,V,3) and crops (T,H,W,3) in [0,1]."""
+MOUTH_MOTION_RANGE = (0.25, 2.0)  # the scales of the mouth's motion synthesis accepts
+
+
+def check_mouth_motion(motion: float) -> float:
+    """``motion`` as a float, or a one-sentence error when it is not a number in ``MOUTH_MOTION_RANGE``."""
+    lo, hi = MOUTH_MOTION_RANGE
+    try:
+        value = float(motion)
+    except (TypeError, ValueError):
+        raise LipsyncError(f"the mouth motion must be a number, not {motion!r}.") from None
+    if not lo <= value <= hi:
+        raise LipsyncError(f"the mouth motion must be between {lo:g} and {hi:g} (1 = as much as the speaker), not {value:g}.")
+    return value
+
+
+def predict(model, audio: np.ndarray, fps: float, mouth_motion: float = 1.0):
+    """Model outputs for 16 kHz ``audio`` at ``fps``: vertices (T,V,3) and crops (T,H,W,3) in [0,1].
+    ``mouth_motion`` scales how far the face moves from its mean shape (1: as trained)."""
     import torch
 
     from ..audio_features import audio_windows, frames_for_audio
@@ -88,22 +104,26 @@ def predict(model, audio: np.ndarray, fps: float):
     windows = model.audio_norm.apply(audio_windows(audio, n, fps, columns=model.net.config.columns,
                                                              future=model.net.config.lookahead))[:, None]
     with torch.no_grad():
-        verts, crops = model.net.rollout(torch.from_numpy(windows))
+        verts, crops = model.net.rollout(torch.from_numpy(windows), mouth_motion)
     return verts.numpy(), crops.permute(0, 2, 3, 1).numpy()
 
 
 def synthesize(model, *, out: str | Path, audio: str | Path | None = None, text: str | None = None,
                target: str | Path | None = None, mesh: str | Path | None = None,
                blendshapes: str | Path | None = None, renderer: str = "auto", schedule: str = "usable",
-               crf: int = 18, progress: Progress | None = None, mouth_bank: bool = True) -> SynthesisResult:
+               crf: int = 18, progress: Progress | None = None, mouth_bank: bool = True,
+               mouth_motion: float = 1.0) -> SynthesisResult:
     """Make a talking-head video (and optionally a .glb and a blendshape CSV); returns what it made.
 
     ``schedule``: how output frames follow the target's frames (see ``frame_schedule``); ``crf``:
     the H.264 quality (lower = closer to lossless, larger files); ``mouth_bank``: take the mouth
-    from the model's mouth bank when it has one (``lipsync.model.mouth_bank``), else the network's."""
+    from the model's mouth bank when it has one (``lipsync.model.mouth_bank``), else the network's;
+    ``mouth_motion``: how much the mouth and face move, relative to the speaker's own amount that
+    training measured (1; below 1 subtler, above 1 more pronounced, within ``MOUTH_MOTION_RANGE``)."""
     from ..media import write_wav
 
     progress = progress or (lambda stage, done, total: None)
+    mouth_motion = check_mouth_motion(mouth_motion)
     out = _check_output(Path(out), (".mp4",), "video")
     mesh = _check_output(Path(mesh), (".glb",), "3D mesh") if mesh else None
     blendshapes = _check_output(Path(blendshapes), (".csv",), "blendshape weights") if blendshapes else None
@@ -119,7 +139,7 @@ def synthesize(model, *, out: str | Path, audio: str | Path | None = None, text:
         fps = target_clip.fps
         timings["prepare"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        verts, crops = predict(model, speech, fps)
+        verts, crops = predict(model, speech, fps, mouth_motion)
         n = len(verts)
         active = speech_activity(speech, n, fps)
         notes = list(target_clip.notes)

@@ -161,15 +161,17 @@ class LiveSession:
     the stream runs (only the audio and spectrogram columns of frames still to come are kept)."""
 
     def __init__(self, model, target: "str | Path | LiveTarget | None" = None, *, workdir: str | Path | None = None,
-                 renderer: str = "auto", mouth_bank: bool = True, progress=None):
+                 renderer: str = "auto", mouth_bank: bool = True, mouth_motion: float = 1.0, progress=None):
         """``target``: a ``LiveTarget`` shared with other sessions, or as for ``synthesize`` (None:
         the training video), then prepared for this session alone in ``workdir`` (a temporary
         folder, removed by ``close``, if None)."""
         import torch
 
         from ..model.mouth_bank import MouthPath
+        from .pipeline import check_mouth_motion
 
         self.model = model
+        self.mouth_motion = check_mouth_motion(mouth_motion)
         model.net.eval()
         self._own_target = not isinstance(target, LiveTarget)
         live = LiveTarget(model, target, workdir=workdir, progress=progress) if self._own_target else target
@@ -289,7 +291,7 @@ class LiveSession:
             w = self.model.audio_norm.apply(self._window(t)[None])[:, None]
             with torch.no_grad():
                 z = net.audio(torch.from_numpy(w))
-                verts = net.shapes(z)[0].numpy()
+                verts = net.shapes(z, self.mouth_motion)[0].numpy()
                 self._prev, reset = net.texture_step(z, self._prev, t)
             self.resets += reset
             if self.bank is not None:
