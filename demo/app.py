@@ -110,6 +110,9 @@ def build_app(cfg: DemoConfig | None = None) -> gr.Blocks:
                                                value="training", label="Put the face into")
                         target = gr.File(label="Target video or photo of the same person",
                                          file_types=["video", "image"], type="filepath")
+                        motion = gr.Slider(0.5, 1.5, value=1.0, step=0.05, label="Mouth motion",
+                                           info="1 = as much as the speaker moves it in the training video; "
+                                                "lower is subtler, higher more pronounced", elem_id="mouth-motion")
                         drive_btn = gr.Button("Synthesize", variant="primary", elem_id="synthesize")
                     with gr.Column():
                         out_video = gr.Video(label="Result", interactive=False, elem_id="drive-video")
@@ -184,7 +187,7 @@ def build_app(cfg: DemoConfig | None = None) -> gr.Blocks:
                         show_progress="minimal", **HEAVY, api_name="train")
         cancel_btn.click(bind(handlers.cancel_training), inputs=[session, preset], outputs=[train_status], queue=False)
         drive_btn.click(bind(handlers.synthesize_speech),
-                        inputs=[session, model, source, audio, text, target_kind, target],
+                        inputs=[session, model, source, audio, text, target_kind, target, motion],
                         outputs=[out_video, out_mesh, out_files, out_status], **HEAVY, api_name="synthesize")
         live_ready.click(bind(live.get_ready), inputs=[session, model, live_kind, live_target], outputs=[live_panel], **HEAVY,
                          api_name="live")

@@ -289,8 +289,10 @@ def speech_file(cfg: DemoConfig, source: str, audio: str | None, text: str | Non
 
 @user_errors
 def synthesize_speech(cfg: DemoConfig, session: dict, preset: str | None, source: str, audio: str | None,
-                      text: str | None, target_kind: str, target: str | None, progress=gr.Progress()):
-    """Drive the selected speaker's model. Returns (video, 3D face, downloads, status)."""
+                      text: str | None, target_kind: str, target: str | None, mouth_motion: float = 1.0,
+                      progress=gr.Progress()):
+    """Drive the selected speaker's model (``mouth_motion``: as ``synthesize``'s). Returns (video,
+    3D face, downloads, status)."""
     from lipsync import load_model
 
     speaker, folder = resolve_model(cfg, session, preset)
@@ -306,7 +308,7 @@ def synthesize_speech(cfg: DemoConfig, session: dict, preset: str | None, source
     try:
         speech = speech_file(cfg, source, audio, text, out)
         summary = load_model(folder).synthesize(out=video, audio=speech, target=target_path, mesh=mesh,
-                                                blendshapes=out / "blendshapes.csv",
+                                                blendshapes=out / "blendshapes.csv", mouth_motion=mouth_motion,
                                                 progress=stage_progress(progress)).to_dict()
     except LipsyncError as err:
         shutil.rmtree(out, ignore_errors=True)

@@ -272,8 +272,10 @@ def test_drive_with_text_and_a_photo(cfg, grid_session, media):
     if jobs.model_state(jobs.model_dir(speaker, "tiny")) != "finished":
         list(handlers.train_speaker(cfg, grid_session, "tiny"))
     video, mesh, files, status = handlers.synthesize_speech(cfg, grid_session, "tiny", "text", None,
-                                                            "Bin blue at A one.", "upload", str(media["photo.png"]))
+                                                            "Bin blue at A one.", "upload", str(media["photo.png"]), 1.3)
     assert Path(video).stat().st_size > 0 and "still image" in status
+    with pytest.raises(gr.Error, match="mouth motion must be between"):
+        handlers.synthesize_speech(cfg, grid_session, "tiny", "text", None, "Bin blue.", "training", None, 5.0)
     with pytest.raises(gr.Error, match="the limit here is 60 s"):
         handlers.synthesize_speech(cfg, grid_session, "tiny", "audio", str(media["long.wav"]), None,
                                    "training", None)
