@@ -3,10 +3,10 @@
 JOBS.csv is a comma-separated file with a header row (column names are case-insensitive; an
 unknown column is refused) and one job per row::
 
-    output,train_video,model,audio,text,voice,target,mesh,blendshapes
-    alice_hello.mp4,alice/talk.mp4,,hello.wav,,,,yes,
-    alice_bye,alice/talk.mp4,,,Goodbye and thank you.,en-us,alice/still.jpg,,yes
-    bob_news.mp4,,models/bob,news.m4a,,,,,
+    output,train_video,model,audio,text,voice,target,mesh,blendshapes,mouth_motion
+    alice_hello.mp4,alice/talk.mp4,,hello.wav,,,,yes,,
+    alice_bye,alice/talk.mp4,,,Goodbye and thank you.,en-us,alice/still.jpg,,yes,0.8
+    bob_news.mp4,,models/bob,news.m4a,,,,,,
 
 * ``output`` (required): the video's name, ``NAME.mp4`` or ``NAME``; written as ``DIR/NAME.mp4``.
   A plain name: no folder separators, not starting with ``.`` or ``-``, not ``summary``; every row
@@ -20,6 +20,7 @@ unknown column is refused) and one job per row::
   (default: the model's training video).
 * ``mesh``, ``blendshapes`` (optional, yes/no): also write ``DIR/NAME.glb`` (the animated face,
   glTF) and ``DIR/NAME.csv`` (per-frame blendshape weights).
+* ``mouth_motion`` (optional, a number, default 1): as ``lipsync synthesize --mouth-motion``.
 
 Relative paths are relative to the CSV file's folder; empty cells count as absent. Every row is
 checked before anything runs: a bad row (a missing file, both or neither of model/train_video or
@@ -64,7 +65,7 @@ from pathlib import Path
 
 from .common import LipsyncError
 
-COLUMNS = ("output", "model", "train_video", "audio", "text", "voice", "target", "mesh", "blendshapes")
+COLUMNS = ("output", "model", "train_video", "audio", "text", "voice", "target", "mesh", "blendshapes", "mouth_motion")
 SUMMARY_FIELDS = ("output", "status", "seconds", "duration_s", "attempts", "error")
 BATCH_VERSION = 1  # bump when a change makes earlier outputs stale
 WORK = ".work"
@@ -88,6 +89,7 @@ class Job:
     target: Path | None = None
     mesh: bool = False
     blendshapes: bool = False
+    mouth_motion: float = 1.0
     error: str | None = None
     video_digest: str | None = None
 
@@ -252,6 +254,13 @@ def _check_row(job: Job, v: dict, base: Path) -> None:
         job.target = path("target")
         if not job.target.exists():
             raise LipsyncError(f"{r}: the target {job.target} does not exist.")
+    if given("mouth_motion"):
+        from .synthesis.pipeline import check_mouth_motion
+
+        try:
+            job.mouth_motion = check_mouth_motion(v["mouth_motion"])
+        except LipsyncError as err:
+            raise LipsyncError(f"{r}: {err}") from None
 
 
 def _refuse_repeated_outputs(jobs: list[Job]) -> None:
@@ -302,7 +311,8 @@ def job_key(job: Job, *, preset: str, renderer: str) -> str:
     target = None
     if job.target is not None:
         target = job.target / "manifest.json" if job.target.is_dir() else job.target
-    return content_key(BATCH_VERSION, __version__, model, speech, target, job.mesh, job.blendshapes, renderer)
+    motion = [job.mouth_motion] if job.mouth_motion != 1.0 else []  # rows without it keep their keys
+    return content_key(BATCH_VERSION, __version__, model, speech, target, job.mesh, job.blendshapes, renderer, *motion)
 
 
 def _record_path(out: Path, stem: str) -> Path:
@@ -386,7 +396,8 @@ def dub_task(job: dict, model_dir: str, out: str, key: str, renderer: str) -> di
                  "blendshapes": f"{stem}.csv" if job["blendshapes"] else None}
         result = model.synthesize(out=work / names["video"], audio=audio, target=job["target"],
                                   mesh=names["mesh"] and work / names["mesh"],
-                                  blendshapes=names["blendshapes"] and work / names["blendshapes"], renderer=renderer)
+                                  blendshapes=names["blendshapes"] and work / names["blendshapes"], renderer=renderer,
+                                  mouth_motion=job.get("mouth_motion", 1.0))
         record_path = _record_path(out_dir, stem)
         try:
             earlier = json.loads(record_path.read_text()).get("files", {})
@@ -468,7 +479,8 @@ def build_graph(jobs: list[Job], out: Path, keys: dict, *, preset: str, device: 
     dubs = {}
     for j in jobs:
         spec = {"stem": j.stem, "audio": j.audio and str(j.audio), "text": j.text, "voice": j.voice,
-                "target": j.target and str(j.target), "mesh": j.mesh, "blendshapes": j.blendshapes}
+                "target": j.target and str(j.target), "mesh": j.mesh, "blendshapes": j.blendshapes,
+                "mouth_motion": j.mouth_motion}
         model = str(j.model) if j.model is not None else Result(train_keys[j.video_digest])
         key = f"{j.stem}/dub"
         # the model (a trained one: its folder, its prepared clip and video, the default target)

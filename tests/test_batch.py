@@ -125,6 +125,27 @@ def test_bad_rows_fail_alone_with_one_sentence(tmp_path):
         assert err and words in err and err.startswith(f"row {row}") and err.endswith(".") and "\n" not in err, (row, err)
 
 
+def test_a_rows_mouth_motion_is_checked_and_changes_its_key(tmp_path):
+    """The optional mouth_motion column: a number in range is the row's setting (and part of its
+    key, so a changed value makes the video again); anything else fails that row alone; 1 or an
+    empty cell keeps the key a row without the column has."""
+    from lipsync.batch import job_key, read_jobs
+
+    (tmp_path / "v.mpg").write_bytes(GRID_CLIP.read_bytes())
+    rows = [["output", "train_video", "text", "mouth_motion"],
+            ["a", "v.mpg", "hi", "0.8"], ["b", "v.mpg", "hi", "1"], ["c", "v.mpg", "hi", ""],
+            ["d", "v.mpg", "hi", "lots"], ["e", "v.mpg", "hi", "5"]]
+    jobs = {j.stem or j.output: j for j in read_jobs(_write_csv(tmp_path / "jobs.csv", rows))}
+    plain = read_jobs(_write_csv(tmp_path / "plain.csv", [["output", "train_video", "text"], ["a", "v.mpg", "hi"]]))[0]
+    assert jobs["a"].error is None and jobs["a"].mouth_motion == 0.8
+    assert jobs["b"].mouth_motion == jobs["c"].mouth_motion == 1.0
+    key = lambda j: job_key(j, preset="tiny", renderer="auto")  # noqa: E731
+    assert key(jobs["b"]) == key(jobs["c"]) == key(plain) != key(jobs["a"])
+    for name, words in (("d", "must be a number"), ("e", "must be between")):
+        err = jobs[name].error
+        assert err and words in err and err.startswith("row ") and err.endswith(".") and "\n" not in err, err
+
+
 def test_a_run_writes_the_good_rows_and_reports_the_bad_one(first_run):
     from lipsync.media import probe
 

@@ -256,8 +256,8 @@ def test_the_mouth_comes_from_the_mouth_bank(model, speech, tmp_path, monkeypatc
     seen: dict = {}
     real_predict, real_composite = pipeline.predict, pipeline.composite_video
 
-    def predict_bank_shape(m, speech, fps):
-        verts, crops = real_predict(m, speech, fps)
+    def predict_bank_shape(m, speech, fps, motion=1.0):
+        verts, crops = real_predict(m, speech, fps, motion)
         verts[:] = m.speaker.reference_vertices
         verts[:, bank.vertices] = bank.shapes[7].reshape(-1, 3)
         return verts, crops
