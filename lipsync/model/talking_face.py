@@ -94,8 +94,8 @@ class TalkingFaceModel(nn.Module):
         frame's own prediction (the first on the reference crop).
 
         Returns vertices (T, V, 3) and crops (T, 3, H, W). Geometry does not depend on the previous
-        frame, so it is computed for all frames at once (``motion``: see ``shapes``). ``self.rollout_resets`` is set to the
-        number of frames where the loop restarted.
+        frame, so it is computed for all frames at once (``motion``: see ``shapes``).
+        ``self.rollout_resets`` is set to the number of frames where the loop restarted.
 
         The loop is guarded: fed its own output, it can jump into a state it never saw in
         training and stay there (a model of the ablation without lighting normalization did, on
