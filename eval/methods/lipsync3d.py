@@ -66,6 +66,7 @@ class LipSync3D(Method):
     description = "this project: audio to pose-normalized 3D mesh + lighting-normalized texture, auto-regressive"
     trainable = True
     changes: dict = {}
+    mouth_bank = True  # draw the mouth from the model's mouth bank (else the network's)
 
     def options(self):
         return train_options(self.ctx.preset, seed=self.ctx.seed, **self.changes)
@@ -82,14 +83,16 @@ class LipSync3D(Method):
             self._model = load_model(self.model_dir)
         return self._model
 
+    def mouth_motion(self) -> float:
+        return float(self.ctx.options.get("mouth_motion", 1.0))
+
     def render_settings(self) -> dict:
-        motion = float(self.ctx.options.get("mouth_motion", 1.0))
-        return {"mouth_motion": motion} if motion != 1.0 else {}
+        return {"mouth_motion": self.mouth_motion()} if self.mouth_motion() != 1.0 else {}
 
     def render(self, clip: TestClip, audio: Path, out: Path) -> dict:
         r = self.model().synthesize(out=out, audio=audio, target=clip.prepared, schedule="aligned",
-                                    renderer=self.ctx.options.get("renderer", "auto"), crf=EVAL_CRF,
-                                    mouth_motion=self.ctx.options.get("mouth_motion", 1.0))
+                                    mouth_bank=self.mouth_bank, renderer=self.ctx.options.get("renderer", "auto"),
+                                    crf=EVAL_CRF, mouth_motion=self.mouth_motion())
         return {"frames": r.frames, "renderer": r.renderer, "notes": r.notes}
 
 
@@ -112,17 +115,12 @@ class NoMouthBank(LipSync3D):
     name = "no_mouth_bank"
     description = "ablation: lipsync3d's own model, with the network's mouth instead of the mouth bank's real mouths"
     trains_as = "lipsync3d"
+    mouth_bank = False
 
     def fit(self) -> dict:
         self.model_dir, info = train_cached(self.ctx, LipSync3D.name, self.ctx.train_prepared, self.options())
         self._model = None
         return info
-
-    def render(self, clip: TestClip, audio: Path, out: Path) -> dict:
-        r = self.model().synthesize(out=out, audio=audio, target=clip.prepared, schedule="aligned", mouth_bank=False,
-                                    renderer=self.ctx.options.get("renderer", "auto"), crf=EVAL_CRF,
-                                    mouth_motion=self.ctx.options.get("mouth_motion", 1.0))
-        return {"frames": r.frames, "renderer": r.renderer, "notes": r.notes}
 
 
 @register

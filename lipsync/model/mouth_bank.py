@@ -90,11 +90,8 @@ class MouthBank:
     def weights(self, vertices: np.ndarray, k: int = NEIGHBOURS) -> tuple[np.ndarray, np.ndarray]:
         """(index int64 (T, K), weight float32 (T, K) summing to 1) of the bank mouths for meshes
         (T, V, 3), by distance between lip shapes in ``key`` space."""
-        q = self.key(self.shape_of(vertices))
-        b = self.key(self.shapes)
-        k = max(1, min(k, len(b) - 1))
-        d2 = (q * q).sum(1)[:, None] + (b * b).sum(1)[None] - 2.0 * q @ b.T
-        d = np.sqrt(np.maximum(d2, 0.0))
+        d = np.sqrt(self.unary(vertices))  # scaled distances: the weights depend only on their ratios
+        k = max(1, min(k, d.shape[1] - 1))
         near = np.argpartition(d, k, axis=1)[:, :k + 1]
         dn = np.take_along_axis(d, near, 1)
         order = np.argsort(dn, axis=1)
@@ -117,10 +114,7 @@ class MouthBank:
         """float64 (T, N): squared ``key``-space distance of each mesh's (T, V, 3) lip shape to each
         bank shape, in units of the bank's typical nearest-neighbour distance (so the cost does not
         depend on the speaker's size or the bank's density)."""
-        q = self.key(self.shape_of(vertices))
-        b = self._scales["keys"]
-        d2 = (q * q).sum(1)[:, None] + (b * b).sum(1)[None] - 2.0 * q @ b.T
-        return np.maximum(d2, 0.0) / self._scales["shape"]
+        return _square_distances(self.key(self.shape_of(vertices)), self._scales["keys"]) / self._scales["shape"]
 
     @property
     def transition(self) -> np.ndarray:
@@ -136,8 +130,8 @@ class MouthBank:
         if cached is None or cached[0] is not self.patches or cached[1] is not self.shapes:
             keys = self.key(self.shapes)
             pixels = self.patches[:, self.mask >= 0.99].reshape(len(self.patches), -1).astype(np.float64)
-            appearance = _square_distances(pixels) / max(pixels.shape[1], 1)
-            scales = {"keys": keys, "shape": _nearest_scale(_square_distances(keys)),
+            appearance = _square_distances(pixels, pixels) / max(pixels.shape[1], 1)
+            scales = {"keys": keys, "shape": _nearest_scale(_square_distances(keys, keys)),
                       "transition": TRANSITION * appearance / _nearest_scale(appearance)}
             cached = (self.patches, self.shapes, scales)
             self.__dict__["_cache"] = cached
@@ -280,12 +274,14 @@ def farthest_points(points: np.ndarray, k: int, *, seed: int = 0) -> np.ndarray:
     return points[chosen].copy()
 
 
-def _square_distances(x: np.ndarray) -> np.ndarray:
-    """float64 (N, N): squared Euclidean distances between the rows of ``x`` (N, D); 0 on the diagonal."""
-    x = np.asarray(x, np.float64)
-    sq = (x * x).sum(1)
-    d2 = np.maximum(sq[:, None] + sq[None] - 2.0 * x @ x.T, 0.0)
-    np.fill_diagonal(d2, 0.0)
+def _square_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """float64 (N, M): squared Euclidean distances between the rows of ``a`` (N, D) and ``b`` (M, D)
+    (exactly 0 between a row and itself when ``b`` is ``a``)."""
+    a, same = np.asarray(a, np.float64), b is a
+    b = a if same else np.asarray(b, np.float64)
+    d2 = np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2.0 * a @ b.T, 0.0)
+    if same:
+        np.fill_diagonal(d2, 0.0)
     return d2
 
 
