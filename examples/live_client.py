@@ -50,6 +50,8 @@ def main(argv=None) -> int:
     ap.add_argument("--url", default="ws://127.0.0.1:8765/live/ws")
     ap.add_argument("--chunk-ms", type=float, default=20.0)
     ap.add_argument("--as-fast-as-possible", action="store_true", help="do not wait for real time between chunks")
+    ap.add_argument("--mouth-motion", type=float, default=1.0,
+                    help="how much the mouth moves relative to the speaker's own amount (0.25-2, default 1)")
     args = ap.parse_args(argv)
 
     try:
@@ -62,7 +64,8 @@ def main(argv=None) -> int:
     tmp = out.with_name(f".{out.stem}.partial{out.suffix}")
     latencies = []
     with connect(args.url, max_size=None) as ws:
-        ws.send(json.dumps({"type": "start", "sample_rate": int(rate), "format": "s16le"}))
+        ws.send(json.dumps({"type": "start", "sample_rate": int(rate), "format": "s16le",
+                            "mouth_motion": args.mouth_motion}))
         ready = json.loads(ws.recv())
         if ready["type"] != "ready":
             print(f"live_client: error: the server said: {ready['message']}", file=sys.stderr)

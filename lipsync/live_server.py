@@ -10,9 +10,10 @@ Protocol ``lipsync-live/1`` (one stream per connection):
 client -> server
   1. text ``{"type": "start", "sample_rate": 48000, "format": "s16le"}``: audio format of the
      stream (``format``: ``s16le`` 16-bit or ``f32le`` 32-bit float little-endian mono samples;
-     any rate from 8 to 192 kHz), optionally ``"quality"`` (JPEG quality 30-95, default 80) and,
-     where the server asks for one (the demo), ``"ticket"``: the ticket its page was given for the
-     visitor's model and target.
+     any rate from 8 to 192 kHz), optionally ``"quality"`` (JPEG quality 30-95, default 80),
+     ``"mouth_motion"`` (how much the mouth moves relative to the speaker's own amount, 0.25-2,
+     default 1) and, where the server asks for one (the demo), ``"ticket"``: the ticket its page
+     was given for the visitor's model and target.
   2. binary messages: audio samples in that format, any number of samples each (up to 5 s).
      Or text ``{"type": "say", "text": "..."}`` (up to 1000 characters): the server speaks it with
      espeak-ng and streams that speech in real time, as if the client had sent it.
@@ -150,10 +151,25 @@ def parse_start(text: str) -> dict:
         raise ProtocolError("bad_request", f"format must be one of {', '.join(FORMATS)}, not {fmt!r}.")
     if not isinstance(quality, int) or isinstance(quality, bool) or not 30 <= quality <= 95:
         raise ProtocolError("bad_request", "quality must be a whole number from 30 to 95.")
+    return {"sample_rate": rate, "format": fmt, "quality": quality, **parse_session_settings(msg)}
+
+
+def parse_session_settings(msg: dict) -> dict:
+    """The settings a start message or a WebRTC offer share, checked: ``ticket`` (None when not
+    given) and ``mouth_motion`` (1 when not given); ``ProtocolError`` for a bad one."""
     ticket = msg.get("ticket")
     if ticket is not None and (not isinstance(ticket, str) or len(ticket) > 200):
         raise ProtocolError("bad_request", "ticket must be the string the page was given.")
-    return {"sample_rate": rate, "format": fmt, "quality": quality, "ticket": ticket}
+    motion = msg.get("mouth_motion", 1.0)
+    if not isinstance(motion, (int, float)) or isinstance(motion, bool):
+        raise ProtocolError("bad_request", "mouth_motion must be a number (1 = as the speaker).")
+    from .synthesis.pipeline import check_mouth_motion
+
+    try:
+        motion = check_mouth_motion(float(motion))
+    except LipsyncError as err:
+        raise ProtocolError("bad_request", str(err)) from None
+    return {"ticket": ticket, "mouth_motion": motion}
 
 
 def parse_audio(data: bytes, fmt: str, rate: int) -> np.ndarray:
@@ -214,8 +230,8 @@ class LiveService:
         loop = asyncio.get_running_loop()
         made: dict = {}
 
-        def make_session(model, target):
-            made["session"] = model.live(target, renderer=self.options.renderer)
+        def make_session(model, target, mouth_motion):
+            made["session"] = model.live(target, renderer=self.options.renderer, mouth_motion=mouth_motion)
             return made["session"]
 
         def close_session():
@@ -226,7 +242,7 @@ class LiveService:
             text = await self._receive(websocket, text=True)
             settings = parse_start(text)
             model, target = await loop.run_in_executor(worker, self.resolve, settings)
-            session = await loop.run_in_executor(worker, make_session, model, target)
+            session = await loop.run_in_executor(worker, make_session, model, target, settings["mouth_motion"])
             await websocket.send_text(json.dumps({
                 "type": "ready", "protocol": PROTOCOL, "session": sid, "fps": session.fps,
                 "width": target.size[0], "height": target.size[1], "lookahead_ms": round(1000 * session.lookahead_s, 1),
@@ -389,6 +405,8 @@ def live_panel_html(*, ticket: str | None = None, ticket_required: bool = False,
 <input id="live-text" type="text" maxlength="{MAX_SAY_CHARS}" placeholder="or type a sentence" style="flex:1;min-width:12em">
 <button id="live-say" type="button">Speak it</button>
 <button id="live-stop" type="button" disabled>Stop</button>
+<label>mouth motion <input id="live-motion" type="number" min="0.5" max="1.5" step="0.05" value="1" style="width:4.5em"
+ title="how much the mouth moves, relative to the speaker's own amount (1 = as the speaker)"></label>
 <label>over <select id="live-transport"><option value="ws">WebSocket</option><option value="webrtc">WebRTC</option></select></label>
 </div>
 <p id="live-message" data-kind="info" role="status"></p>

@@ -1,10 +1,10 @@
 """Live synthesis over WebRTC (aiortc): the browser's microphone as an audio track in, the face as
 a video track (and its sound as an audio track) out, for browsers.
 
-``POST /live/offer`` with JSON ``{"sdp", "type": "offer", "ticket"?}`` (the browser's offer, all
-ICE candidates gathered) answers ``{"sdp", "type": "answer", "session", "fps", "width",
-"height", "lookahead_ms"}``, or an error ``{"code", "message"}`` (HTTP 503 ``busy``, 400
-``bad_request``). The session counts against the same limit as the WebSocket ones
+``POST /live/offer`` with JSON ``{"sdp", "type": "offer", "ticket"?, "mouth_motion"?}`` (the
+browser's offer, all ICE candidates gathered; the optional settings as in the WebSocket's start
+message) answers ``{"sdp", "type": "answer", "session", "fps", "width", "height",
+"lookahead_ms"}``, or an error ``{"code", "message"}`` (HTTP 503 ``busy``, 400 ``bad_request``). The session counts against the same limit as the WebSocket ones
 (``LiveService``). The browser's data channel (any label) carries, from the server, one JSON
 message per frame ``{"type": "frame", "index", "time", "latency_ms"}`` (from the arrival of the
 audio holding the frame's first sample to the frame handed to the video track), ``warning`` and
@@ -27,7 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .common import LipsyncError
-from .live_server import AUDIO_OUT_RATE, ArrivalClock, LiveService, ProtocolError, late_warning, spoken, to_pcm16
+from .live_server import (AUDIO_OUT_RATE, ArrivalClock, LiveService, ProtocolError, late_warning, parse_session_settings,
+                          spoken, to_pcm16)
 
 MAX_OFFER_BYTES = 64 * 1024
 VIDEO_CLOCK = 90000
@@ -87,9 +88,7 @@ class WebRTCLive:
                 raise ProtocolError("bad_request", "the offer must be JSON: {\"sdp\": ..., \"type\": \"offer\"}.") from None
             if not isinstance(msg, dict) or msg.get("type") != "offer" or not isinstance(msg.get("sdp"), str):
                 raise ProtocolError("bad_request", "the offer must be JSON: {\"sdp\": ..., \"type\": \"offer\"}.")
-            ticket = msg.get("ticket")
-            if ticket is not None and (not isinstance(ticket, str) or len(ticket) > 200):
-                raise ProtocolError("bad_request", "ticket must be the string the page was given.")
+            settings = parse_session_settings(msg)
         except ProtocolError as err:
             return JSONResponse({"code": err.code, "message": str(err)}, status_code=400)
         sid = self.service.claim()
@@ -98,7 +97,7 @@ class WebRTCLive:
                                                             "taken; try again in a minute."}, status_code=503)
         peer = Peer(self, sid)
         try:
-            answer = await peer.start(msg["sdp"], {"ticket": ticket})
+            answer = await peer.start(msg["sdp"], settings)
         except LipsyncError as err:
             await peer.close()
             return JSONResponse({"code": getattr(err, "code", "bad_request"), "message": str(err)}, status_code=400)
@@ -137,7 +136,8 @@ class Peer:
         model, target = await loop.run_in_executor(self.worker, service.resolve, settings)
 
         def make():
-            self.made["session"] = model.live(target, renderer=service.options.renderer)
+            self.made["session"] = model.live(target, renderer=service.options.renderer,
+                                              mouth_motion=settings.get("mouth_motion", 1.0))
             return self.made["session"]
 
         self.session = await loop.run_in_executor(self.worker, make)

@@ -66,6 +66,7 @@ def test_speaking_into_the_fake_microphone_moves_the_mouth_in_time(live_server, 
         page = browser.new_page()
         page.on("websocket", on_socket)
         page.goto(f"{live_server}/live")
+        page.fill("#live-motion", "1.2")
         page.click("#live-mic")
         page.wait_for_function("Number(document.getElementById('live-stats').dataset.frames) >= 70", timeout=60000)
         stats = page.locator("#live-stats").inner_text()
@@ -78,6 +79,7 @@ def test_speaking_into_the_fake_microphone_moves_the_mouth_in_time(live_server, 
         browser.close()
     assert "latency (speech to picture)" in stats and "model lookahead" in stats and 0 < p50 < 3000, stats
     assert "none dropped" in message, message
+    assert starts[0]["mouth_motion"] == 1.2  # the page's setting goes with the start message
     rate = starts[0]["sample_rate"]
     audio = np.frombuffer(b"".join(sent), "<f4")
     from lipsync.live_server import unpack_frame

@@ -142,6 +142,8 @@ def test_busy_when_every_session_is_taken_and_free_again_when_a_client_leaves(mo
     ('{"type": "start", "sample_rate": 16000, "format": "s16le"}', b"\x00" * 200000, "bad_audio"),  # > 5 s at once
     ('{"type": "start", "sample_rate": 16000, "format": "f32le"}', np.full(4, np.nan, "<f4").tobytes(), "bad_audio"),
     ('{"type": "start", "sample_rate": 16000, "format": "s16le"}', "garbage", "bad_request"),
+    ('{"type": "start", "sample_rate": 16000, "format": "s16le", "mouth_motion": 5}', None, "bad_request"),
+    ('{"type": "start", "sample_rate": 16000, "format": "s16le", "mouth_motion": "more"}', None, "bad_request"),
 ])
 def test_bad_clients_get_one_sentence_and_the_others_keep_being_served(model, live_target, first, then, code, speech):
     service, client = client_for(model, live_target, max_sessions=2)
@@ -170,6 +172,27 @@ def test_bad_clients_get_one_sentence_and_the_others_keep_being_served(model, li
     other.join(60)
     assert results["good"]["frames"] == 12
     assert service.status()["active_sessions"] == 0
+
+
+def test_the_start_message_sets_the_sessions_mouth_motion(model, live_target, speech):
+    """``mouth_motion`` in the start message reaches the session (1 when not given); the session
+    itself scales the shapes (tests/test_live.py)."""
+    asked = []
+
+    class Spy:
+        def live(self, target, **options):
+            asked.append(options["mouth_motion"])
+            return model.live(target, **options)
+
+    service = LiveService(lambda settings: (Spy(), live_target), LiveOptions(renderer="gl"))
+    client = TestClient(create_app(service))
+    for settings in ({}, {"mouth_motion": 1.4}, {"mouth_motion": 1}):
+        with client.websocket_connect("/live/ws") as ws:
+            assert start(ws, **settings)["type"] == "ready"
+            ws.send_bytes(np.round(speech[:4000] * 32767).astype("<i2").tobytes())
+            ws.send_text(json.dumps({"type": "end"}))
+            assert receive_all(ws)[2]["frames"] == 6
+    assert asked == [1.0, 1.4, 1.0]
 
 
 def test_a_silent_client_is_closed_after_the_idle_timeout(model, live_target):
@@ -207,7 +230,8 @@ def test_webrtc_offers_are_checked_and_count_against_the_session_limit(model, li
     """``POST /live/offer``: a malformed offer is a 400 with one sentence; with every session taken
     (here by a WebSocket client) an offer is told the server is busy (503)."""
     service, client = client_for(model, live_target, max_sessions=1)
-    for body in (b"not json", b'{"type": "answer", "sdp": "x"}', b'{"type": "offer"}', b"x" * 70000):
+    for body in (b"not json", b'{"type": "answer", "sdp": "x"}', b'{"type": "offer"}', b"x" * 70000,
+                 b'{"type": "offer", "sdp": "v=0", "mouth_motion": 0.1}'):
         r = client.post("/live/offer", content=body)
         assert r.status_code == 400 and r.json()["code"] == "bad_request" and r.json()["message"].endswith("."), r.text
     r = client.post("/live/offer", json={"type": "offer", "sdp": "v=0"})  # a slot is free, but this is no offer

@@ -99,6 +99,12 @@
     src.start(s.playStart + header.time);
   }
 
+  // the panel's mouth-motion setting; undefined (the server's default, 1) when the box is empty
+  function mouthMotion() {
+    const value = parseFloat(($("live-motion") || {}).value);
+    return Number.isFinite(value) ? value : undefined;
+  }
+
   async function start(mode) {
     stop();
     const panel = $("live-panel");
@@ -143,7 +149,7 @@
     s.ws = ws;
     say("Connecting...");
     ws.onopen = () => ws.send(JSON.stringify({ type: "start", sample_rate: s.rate, format: "f32le",
-                                               ticket: panel.dataset.ticket || undefined }));
+                                               ticket: panel.dataset.ticket || undefined, mouth_motion: mouthMotion() }));
     ws.onmessage = (event) => {
       if (typeof event.data !== "string") { frame(s, event.data); return; }
       const msg = JSON.parse(event.data);
@@ -208,7 +214,8 @@
     say("Connecting...");
     const resp = await fetch(panel.dataset.offer || "/live/offer", {
       method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer", ticket: panel.dataset.ticket || undefined }) });
+      body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer", ticket: panel.dataset.ticket || undefined,
+                            mouth_motion: mouthMotion() }) });
     const answer = await resp.json();
     if (!resp.ok) { stop(); say(answer.message, "error"); return; }
     s.ready = answer;
