@@ -230,10 +230,11 @@ def test_webrtc_offers_are_checked_and_count_against_the_session_limit(model, li
     """``POST /live/offer``: a malformed offer is a 400 with one sentence; with every session taken
     (here by a WebSocket client) an offer is told the server is busy (503)."""
     service, client = client_for(model, live_target, max_sessions=1)
-    for body in (b"not json", b'{"type": "answer", "sdp": "x"}', b'{"type": "offer"}', b"x" * 70000,
-                 b'{"type": "offer", "sdp": "v=0", "mouth_motion": 0.1}'):
+    for body in (b"not json", b'{"type": "answer", "sdp": "x"}', b'{"type": "offer"}', b"x" * 70000):
         r = client.post("/live/offer", content=body)
         assert r.status_code == 400 and r.json()["code"] == "bad_request" and r.json()["message"].endswith("."), r.text
+    r = client.post("/live/offer", json={"type": "offer", "sdp": "v=0", "mouth_motion": 0.1})  # checked before the SDP
+    assert r.status_code == 400 and r.json()["message"].startswith("the mouth motion must be between"), r.text
     r = client.post("/live/offer", json={"type": "offer", "sdp": "v=0"})  # a slot is free, but this is no offer
     assert r.status_code == 400 and "SDP" in r.json()["message"] and service.status()["active_sessions"] == 0
     with client.websocket_connect("/live/ws") as ws:
