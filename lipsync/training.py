@@ -209,10 +209,15 @@ MAX_ARTICULATION_GAIN = 1.5
 
 def articulation_gain(net, data: TrainingData) -> float:
     """How much synthesis should enlarge the predicted mouth movements: the standard deviation of
-    the real mouth opening over that of the predicted one on the validation frames, within
+    the speaker's real mouth opening over all the usable frames (training and validation) over
+    that of the network's predicted opening on the validation frames, within
     [1, MAX_ARTICULATION_GAIN]. A regression trained with an L1 loss moves the mouth less than the
     speaker (it hedges towards the mean shape where the audio is ambiguous); this brings the
-    amplitude back, at a small cost in per-frame error."""
+    amplitude back, at a small cost in per-frame error. The prediction must be on frames the
+    network did not learn from, but the speaker's own spread is a property of the speaker: taken
+    from the validation part alone (the last tenth of the footage, a few seconds of a short
+    clip) it varies with what is said there, and a calm ending muted the mouth of every
+    synthesis."""
     import torch
 
     from .face_measures import mouth_opening
@@ -225,7 +230,7 @@ def articulation_gain(net, data: TrainingData) -> float:
         z = net.audio(torch.from_numpy(data.windows[data.val]).to(device))
         pred = net.geometry(z).cpu().numpy()
     net.train()
-    real = mouth_opening(data.vertices[data.val])
+    real = mouth_opening(data.vertices[np.concatenate([data.train, data.val])])
     spread = float(np.std(mouth_opening(pred)))
     if not np.isfinite(spread) or spread <= 1e-9:
         return 1.0

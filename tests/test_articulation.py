@@ -54,6 +54,28 @@ def test_gain_is_the_real_over_the_predicted_spread_of_the_opening(face_model, p
     assert gain == pytest.approx(expected, rel=0.02)
 
 
+def test_the_speakers_spread_comes_from_all_the_footage_not_the_validation_tail_alone(face_model):
+    """A speaker who talks more calmly in the last part (the validation frames) than before: the
+    network predicts 0.8 of the real opening there. The gain is the speaker's spread over all the
+    usable frames over the predicted spread, not the calm tail's (1.25, which mutes the mouth)."""
+    reference = face_model["vertices"]
+    width = np.linalg.norm(reference[61] - reference[291])
+    wave = 1 + np.sin(np.linspace(0, 12 * np.pi, 200))
+    amounts = 0.08 * width * np.where(np.arange(200) < 100, 1.0, 0.8) * wave
+    real = faces_opening(reference, amounts)
+    predicted = faces_opening(reference, 0.8 * amounts)
+    data = data_with(real)
+    speaker = np.std(mouth_opening(real))
+    expected = speaker / np.std(mouth_opening(predicted[data.val]))
+    assert 1.3 < expected < MAX_ARTICULATION_GAIN  # well above the tail's own ratio, 1.25
+    assert articulation_gain(ShapesByIndex(predicted), data) == pytest.approx(expected, rel=0.02)
+    # frames that are neither training nor validation (untracked: their vertices are zeros) do not count
+    holes = data_with(np.concatenate([real, np.zeros_like(real[:20])]))
+    holes.train, holes.val = data.train, data.val
+    padded = np.concatenate([predicted, np.zeros_like(predicted[:20])])
+    assert articulation_gain(ShapesByIndex(padded), holes) == pytest.approx(expected, rel=0.02)
+
+
 def test_rollout_scales_the_change_from_the_mean_face():
     torch.manual_seed(0)
     config = ModelConfig(tex_channels=8, pca_components=4, crop=(128, 256, 32, 224), tex_height=32, tex_width=48)

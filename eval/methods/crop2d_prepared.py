@@ -293,12 +293,16 @@ def render_crop2d(model, clip: TestClip, audio: Path, out: Path, *, device: str 
 def no_pose_norm_folder(ctx: RunContext) -> Path:
     """Where ``fit_no_pose_norm`` keeps the crop clip (``crop2d/``) and the model (``model/``):
     ``ctx.cache / no_pose_norm-<key>``, the key hashing the training clip's manifest, the training
-    video, the preset, the training options (seed included) and ``CODE_VERSION``."""
+    video, the preset, the training options (seed included), ``CODE_VERSION`` and the training
+    code's version (``lipsync3d.VERSION``, which the 3D methods' cache keys carry too)."""
+    from .lipsync3d import VERSION as TRAINING_VERSION
+
     options = train_options(ctx.preset, ctx.seed)
     manifest = Path(ctx.train_prepared) / "manifest.json"
     if not manifest.is_file():
         raise LipsyncError(f"{ctx.train_prepared} is not a prepared clip (no manifest.json); preprocess the training video first.")
-    key = content_key(manifest, Path(ctx.train_video), ctx.preset, dataclasses.asdict(options), CODE_VERSION)
+    key = content_key(manifest, Path(ctx.train_video), ctx.preset, dataclasses.asdict(options), CODE_VERSION,
+                      TRAINING_VERSION)
     return Path(ctx.cache) / f"no_pose_norm-{key}"
 
 
