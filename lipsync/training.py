@@ -208,16 +208,19 @@ MAX_ARTICULATION_GAIN = 1.5
 
 
 def articulation_gain(net, data: TrainingData) -> float:
-    """How much synthesis should enlarge the predicted mouth movements: the standard deviation of
-    the speaker's real mouth opening over all the usable frames (training and validation) over
-    that of the network's predicted opening on the validation frames, within
-    [1, MAX_ARTICULATION_GAIN]. A regression trained with an L1 loss moves the mouth less than the
-    speaker (it hedges towards the mean shape where the audio is ambiguous); this brings the
-    amplitude back, at a small cost in per-frame error. The prediction must be on frames the
-    network did not learn from, but the speaker's own spread is a property of the speaker: taken
-    from the validation part alone (the last tenth of the footage, a few seconds of a short
-    clip) it varies with what is said there, and a calm ending muted the mouth of every
-    synthesis."""
+    """How much synthesis should enlarge the predicted mouth movements: the speaker's real mouth
+    opening spread (standard deviation) over the network's predicted one on the validation frames,
+    within [1, MAX_ARTICULATION_GAIN]. A regression trained with an L1 loss moves the mouth less
+    than the speaker (it hedges towards the mean shape where the audio is ambiguous); this brings
+    the amplitude back, at a small cost in per-frame error.
+
+    The prediction must be on frames the network did not learn from (the validation part). The
+    speaker's spread is the larger of two estimates: over the validation frames (the same frames
+    as the prediction) and over all the usable frames. The validation part is the last tenth of
+    the footage, a few seconds of a short clip, and how much the mouth moves there varies with
+    what is said: a calm ending alone would mute every synthesis. The larger estimate is taken
+    because the network hedges at least as much on other recordings as on its own footage's
+    held-out end, so both ratios fall short of what new audio needs rather than exceed it."""
     import torch
 
     from .face_measures import mouth_opening
@@ -230,11 +233,12 @@ def articulation_gain(net, data: TrainingData) -> float:
         z = net.audio(torch.from_numpy(data.windows[data.val]).to(device))
         pred = net.geometry(z).cpu().numpy()
     net.train()
-    real = mouth_opening(data.vertices[np.concatenate([data.train, data.val])])
+    speaker = max(np.std(mouth_opening(data.vertices[data.val])),
+                  np.std(mouth_opening(data.vertices[np.concatenate([data.train, data.val])])))
     spread = float(np.std(mouth_opening(pred)))
     if not np.isfinite(spread) or spread <= 1e-9:
         return 1.0
-    return float(np.clip(np.std(real) / spread, 1.0, MAX_ARTICULATION_GAIN))
+    return float(np.clip(speaker / spread, 1.0, MAX_ARTICULATION_GAIN))
 
 
 def make_mouth_bank(clip, options: TrainOptions, vertices: np.ndarray, frames: np.ndarray):
