@@ -160,7 +160,7 @@ def run_sweep(config, study: Study, values: list) -> dict:
         settings.update(expert_settings(train_prepared, cache, progress=progress))
     ctx = RunContext(out=out, cache=cache, train_video=Path(train_video), train_prepared=Path(train_prepared),
                      preset=config.preset, seed=config.seed, device=device, progress=progress,
-                     options={"renderer": config.renderer})
+                     options={"renderer": config.renderer, "mouth_motion": config.mouth_motion})
     variants = (efficiency_variants if study is EFFICIENCY else lookahead_variants)(ctx, values)
     info = {}
     for m in variants:
@@ -175,7 +175,8 @@ def run_sweep(config, study: Study, values: list) -> dict:
     doc = {"study": study.stem, "variable": study.variable, "results": results,
            "values": {m.name: m.value for m in variants}, "methods": info,
            "metrics": {mt.name: {"better": mt.better, "target": mt.target, "unit": mt.unit} for mt in metrics},
-           "protocol": protocol, "preset": config.preset, "test_clips": [c.name for c in clips],
+           "protocol": protocol, "preset": config.preset, "mouth_motion": config.mouth_motion,
+           "test_clips": [c.name for c in clips],
            "timings_s": {"total": round(time.perf_counter() - t_start, 1)}}
     write_json(out / f"{study.stem}.json", doc)
     write_sweep_report(out, study, doc)
@@ -206,8 +207,11 @@ def write_sweep_report(out: Path, study: Study, doc: dict) -> None:
             ci = e.get("ci95") or [float("nan")] * 2
             cells += [f"{e.get('value', float('nan')):.6g}", f"{ci[0]:.6g}", f"{ci[1]:.6g}"]
         csv.append(f"{doc['values'][n]:g}," + ",".join(cells))
+    motion = doc.get("mouth_motion", 1.0)
     text = (f"# {study.title}\n\n"
-            f"lipsync3d ({doc['preset']} preset) {study.summary}; each model measured on the same "
+            f"lipsync3d ({doc['preset']} preset) {study.summary}; "
+            + (f"synthesized with mouth motion {motion:g} (`--mouth-motion`); " if motion != 1.0 else "")
+            + f"each model measured on the same "
             f"{len(doc['test_clips'])} test clips (self-reenactment); means over clips with 95% "
             f"bootstrap intervals.\n\n" + "\n".join(rows) + f"\n\n![{study.title.lower()}](plots/{study.plot}.png)\n")
     atomic_write_text(out / f"{study.stem}.md", text)

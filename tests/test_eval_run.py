@@ -262,6 +262,18 @@ def test_data_efficiency_study_trains_on_the_first_seconds_and_reports(tmp_path)
     rows = list(csv.reader((out / "efficiency.csv").open()))
     assert rows[0][:4] == ["seconds", "mouth_corr", "mouth_corr_lo", "mouth_corr_hi"] and len(rows) == 3
     assert main(["--video", str(FIXTURES / "grid_s1_19clips.mp4"), "--train-seconds", "-5", "--out", str(tmp_path / "bad"), "--quiet"]) == 2
+    # --mouth-motion reaches the study's models: the 3 s model is reused and its video made again, differently
+    import shutil
+
+    again = tmp_path / "eff_motion"
+    shutil.copytree(out, again)
+    assert main(args[:5] + ["3"] + args[8:-3] + ["--mouth-motion", "1.6", "--out", str(again), "--quiet"]) == 0
+    moved = json.loads((again / "efficiency.json").read_text())
+    (name,) = moved["values"]
+    assert moved["methods"][name]["cached"] is True and moved["mouth_motion"] == 1.6
+    videos = sorted((out / "videos" / name).glob("*.mp4"))
+    assert videos and all((again / "videos" / name / v.name).read_bytes() != v.read_bytes() for v in videos)
+    assert "mouth motion 1.6" in (again / "efficiency.md").read_text()
 
 
 def test_lookahead_study_refuses_bad_values_before_any_work(tmp_path, capsys):
