@@ -4,7 +4,10 @@ The per-frame stages (atlas extraction, lighting) spend their time in numpy and 
 release the GIL, so threads share the cores without copying frames between processes. At most a
 few jobs wait at once, so frames in flight (and memory) stay bounded whatever the video's length.
 While a pool runs, BLAS and OpenCV use one thread each: the pool already fills the cores, and
-their own threads on top made the lighting step three times slower on two cores.
+their own threads on top made the lighting step three times slower on two cores. A one-worker
+pool limits them too, so the arithmetic is the same whatever the worker count: multi-threaded
+BLAS splits its sums differently on some CPUs (with OpenBLAS's AVX-512 kernels a few atlas
+texels came out one grey level apart).
 """
 from __future__ import annotations
 
@@ -42,9 +45,7 @@ class BoundedPool:
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix=name) if self.workers > 1 else None
         self._pending: deque[Future] = deque()
         self._limit = 2 * self.workers
-        self._restore = None
-        if self._pool is not None:
-            self._restore = _single_threaded_libraries()
+        self._restore = _single_threaded_libraries()
 
     def submit(self, fn: Callable, *args) -> None:
         if self._pool is None:

@@ -267,7 +267,9 @@ def test_data_efficiency_study_trains_on_the_first_seconds_and_reports(tmp_path)
 
     again = tmp_path / "eff_motion"
     shutil.copytree(out, again)
-    assert main(args[:5] + ["3"] + args[8:-3] + ["--mouth-motion", "1.6", "--out", str(again), "--quiet"]) == 0
+    assert main(["--video", str(FIXTURES / "grid_s1_19clips.mp4"), "--preset", "tiny", "--train-seconds", "3",
+                 "--max-test-clips", "1", "--metrics", "mouth_corr", "sharpness", "--mouth-motion", "1.6",
+                 "--out", str(again), "--quiet"]) == 0
     moved = json.loads((again / "efficiency.json").read_text())
     (name,) = moved["values"]
     assert moved["methods"][name]["cached"] is True and moved["mouth_motion"] == 1.6

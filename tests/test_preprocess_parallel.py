@@ -132,10 +132,11 @@ def test_pool_restores_the_libraries_thread_counts():
     from threadpoolctl import threadpool_info
 
     before = cv2.getNumThreads(), [i["num_threads"] for i in threadpool_info()]
-    with BoundedPool(2):
-        assert cv2.getNumThreads() == 1
-        assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
-    assert (cv2.getNumThreads(), [i["num_threads"] for i in threadpool_info()]) == before
+    for workers in (2, 1):  # one worker too: the same single-threaded arithmetic as several
+        with BoundedPool(workers):
+            assert cv2.getNumThreads() == 1
+            assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
+        assert (cv2.getNumThreads(), [i["num_threads"] for i in threadpool_info()]) == before
     # two pools overlapping (two preprocessing runs in one process) restore them too
     first, second = BoundedPool(2), BoundedPool(2)
     first.close()
