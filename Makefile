@@ -61,7 +61,7 @@ test-all: venv $(GLTF_VALIDATOR)
 bench: venv
 	$(BIN)/python -m eval.bench preprocess ../shared/data/grid_s1/s1_train_180s.mp4
 
-# The evaluation on the shared GRID speaker (about 25 minutes on 2 CPU cores from scratch).
+# The evaluation on the shared GRID speaker (about 46 minutes on 2 CPU cores from scratch).
 eval: venv
 	$(BIN)/python -m eval.run --video ../shared/data/grid_s1/s1_train_180s.mp4 \
 	  --test-clips ../shared/data/grid_s1/eval_clips --preset quick --out eval_results
