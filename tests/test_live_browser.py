@@ -80,9 +80,13 @@ def test_speaking_into_the_fake_microphone_moves_the_mouth_in_time(live_server, 
     assert "latency (speech to picture)" in stats and "model lookahead" in stats and 0 < p50 < 3000, stats
     assert "none dropped" in message, message
     assert starts[0]["mouth_motion"] == 1.2  # the page's setting goes with the start message
+    # the microphone goes out as 16-bit samples at the model's 16 kHz: 256 kbit/s (raw 48 kHz float: 1.5 Mbit/s)
+    assert (starts[0]["format"], starts[0]["sample_rate"]) == ("s16le", 16000), starts[0]
     rate = starts[0]["sample_rate"]
-    audio = np.frombuffer(b"".join(sent), "<f4")
-    from lipsync.live_server import unpack_frame
+    from lipsync.live_server import FORMATS, unpack_frame
+
+    pcm = np.frombuffer(b"".join(sent), FORMATS["s16le"][0])
+    audio = pcm / 32768.0
 
     frames = [unpack_frame(m) for m in received]
     assert [h["index"] for h, _, _ in frames] == list(range(len(frames)))
@@ -103,7 +107,7 @@ def test_speaking_into_the_fake_microphone_moves_the_mouth_in_time(live_server, 
     from lipsync.model_io import load_model
 
     session = load_model(EXAMPLE_MODEL).live(prepared_grid.path, renderer="gl", mouth_motion=1.2, workdir=tmp_path / "ref")
-    made = [f.image for f in session.push(audio, rate) + session.finish()][:n]
+    made = [f.image for f in session.push(pcm, rate) + session.finish()][:n]
     assert len(made) == n
     diff = [np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(images, made)]
     assert max(diff) < 3, diff  # JPEG at quality 80
@@ -118,6 +122,46 @@ def lagged_correlation(a: np.ndarray, b: np.ndarray, lag: int) -> float:
     a, b = a[max(0, lag):n + min(0, lag)], b[max(0, -lag):n - max(0, lag)]
     m = np.isfinite(a) & np.isfinite(b)
     return float(np.corrcoef(a[m], b[m])[0, 1])
+
+
+# A browser that cannot resample a microphone into a 16 kHz context (its constructor, or the
+# microphone's connection to it, refuses): the page captures at the device's own rate instead.
+REFUSE_16K = """
+(() => {
+  const Native = window.AudioContext;
+  window.AudioContext = class extends Native {
+    createMediaStreamSource(stream) {
+      if (this.sampleRate === 16000) throw new DOMException("cannot connect nodes of different rates", "NotSupportedError");
+      return super.createMediaStreamSource(stream);
+    }
+  };
+})();
+"""
+
+
+def test_a_browser_without_16khz_capture_streams_at_its_own_rate(live_server, grid_clip, tmp_path):
+    import soundfile as sf
+
+    from lipsync.media import load_audio
+
+    wav = tmp_path / "mic.wav"
+    sf.write(wav, load_audio(grid_clip)[:16000 * 2], 16000, subtype="PCM_16")
+    starts = []
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                    args=CHROMIUM_ARGS + FAKE_MIC + [f"--use-file-for-fake-audio-capture={wav}%noloop"])
+        page = browser.new_page()
+        page.add_init_script(REFUSE_16K)
+        page.on("websocket", lambda ws: ws.on("framesent", lambda m: starts.append(json.loads(m)) if isinstance(m, str) else None))
+        page.goto(f"{live_server}/live")
+        page.click("#live-mic")
+        page.wait_for_function("Number(document.getElementById('live-stats').dataset.frames) >= 30", timeout=60000)
+        page.click("#live-stop")
+        page.wait_for_function("document.getElementById('live-message').textContent.startsWith('Finished')", timeout=30000)
+        message = page.locator("#live-message").inner_text()
+        browser.close()
+    assert starts[0]["format"] == "s16le" and starts[0]["sample_rate"] in (44100, 48000), starts[0]
+    assert "none dropped" in message, message
 
 
 def test_typed_text_is_spoken_live_and_a_refused_microphone_is_one_clear_message(live_server):

@@ -4,6 +4,7 @@
 // /live page of `lipsync serve`); event handlers are delegated, so the panel may appear later.
 (() => {
   const CHUNK_S = 0.02;  // microphone audio goes out in 20 ms messages
+  const MIC_RATE = 16000;  // the model's rate: 16-bit samples at 16 kHz are 256 kbit/s on the wire
   let live = null;       // the running stream
   let playback = null;   // one AudioContext plays every spoken text's sound
   const $ = (id) => document.getElementById(id);
@@ -117,7 +118,7 @@
     if (mode === "text" && !text.trim()) { say("Type something for the speaker to say.", "error"); return; }
     const s = { mode, frames: 0, late: 0, latencies: [], sent: [], sentSamples: 0, drawn: -1, ready: null,
                 playStart: null, canvas: $("live-canvas") };
-    s.audio = mode === "mic" ? new AudioContext() : (playback = playback || new AudioContext());
+    s.audio = mode === "mic" ? micContext() : (playback = playback || new AudioContext());
     live = s;
     if (mode === "mic") {
       if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
@@ -140,6 +141,7 @@
       return;
     }
     if (mode === "mic") {
+      s.source = micSource(s);
       await s.audio.audioWorklet.addModule(panel.dataset.capture || "/live/capture.js");
     }
     s.rate = mode === "mic" ? Math.round(s.audio.sampleRate) : 16000;
@@ -148,7 +150,7 @@
     ws.binaryType = "arraybuffer";
     s.ws = ws;
     say("Connecting...");
-    ws.onopen = () => ws.send(JSON.stringify({ type: "start", sample_rate: s.rate, format: "f32le",
+    ws.onopen = () => ws.send(JSON.stringify({ type: "start", sample_rate: s.rate, format: "s16le",
                                                ticket: panel.dataset.ticket || undefined, mouth_motion: mouthMotion() }));
     ws.onmessage = (event) => {
       if (typeof event.data !== "string") { frame(s, event.data); return; }
@@ -226,8 +228,25 @@
     say(s.mode === "mic" ? "Live: speak now." : "Speaking...");
   }
 
+  // The microphone is captured at the model's 16 kHz: the browser resamples it, and the stream
+  // is a third of 48 kHz's. A browser that cannot make such a context, or connect a microphone
+  // of another rate to it, captures at its own rate; the server resamples then.
+  function micContext() {
+    try { return new AudioContext({ sampleRate: MIC_RATE }); } catch (err) { return new AudioContext(); }
+  }
+
+  function micSource(s) {
+    try {
+      return s.audio.createMediaStreamSource(s.stream);
+    } catch (err) {
+      s.audio.close();
+      s.audio = new AudioContext();
+      return s.audio.createMediaStreamSource(s.stream);
+    }
+  }
+
   function capture(s) {
-    const source = s.audio.createMediaStreamSource(s.stream);
+    const source = s.source;
     const node = new AudioWorkletNode(s.audio, "lipsync-capture");
     const mute = s.audio.createGain();
     mute.gain.value = 0;  // the worklet runs, nothing is played back (no echo of the speaker's voice)
@@ -238,9 +257,11 @@
       if (live !== s || s.ws.readyState !== WebSocket.OPEN) return;
       pending.push(event.data); count += event.data.length;
       if (count < step) return;
-      const out = new Float32Array(count);
+      const out = new Int16Array(count);  // s16le: samples in [-1, 1] times 32768, clipped
       let at = 0;
-      for (const part of pending) { out.set(part, at); at += part.length; }
+      for (const part of pending) {
+        for (let i = 0; i < part.length; i++) out[at++] = Math.max(-32768, Math.min(32767, Math.round(part[i] * 32768)));
+      }
       pending = []; count = 0;
       s.sent.push([s.sentSamples, performance.now()]);
       s.sentSamples += out.length;
