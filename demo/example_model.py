@@ -54,14 +54,14 @@ def record_outputs(folder: Path, audio_source: Path = EXAMPLE_VIDEO) -> dict[str
     mean of all crops (T,), and the mouth bank's choice of mouth per frame (T,)."""
     from lipsync.media import load_audio
     from lipsync.model_io import load_model
-    from lipsync.synthesis.pipeline import predict
+    from lipsync.synthesis.pipeline import predict_with_codes
 
     model = load_model(folder)
-    verts, crops = predict(model, load_audio(audio_source), 25.0)
+    verts, crops, codes = predict_with_codes(model, load_audio(audio_source), 25.0)
     out = {"vertices": verts.astype(np.float32), "crops": crops[::CROP_EVERY].astype(np.float32),
            "crop_means": crops.mean((1, 2, 3)).astype(np.float32)}
     if model.mouth_bank is not None:
-        out.update(bank_index=model.mouth_bank.frame_choice(verts))
+        out.update(bank_index=model.mouth_bank.frame_choice(verts, codes))
     return out
 
 

@@ -252,10 +252,11 @@ def load_model(folder: str | Path, *, device: str = "cpu") -> LoadedModel:
     speaker["region_masks"] = speaker["region_masks"].astype(bool)
     bank = None
     if "mouth_bank.patches" in tensors:
-        from .model.mouth_bank import KEYS, MouthBank
+        from .model.mouth_bank import KEYS, TEETH_KEYS, MouthBank
 
         try:
-            bank = MouthBank.from_arrays({k: tensors[f"mouth_bank.{k}"].numpy() for k in KEYS})
+            bank = MouthBank.from_arrays({k: tensors[f"mouth_bank.{k}"].numpy() for k in KEYS + TEETH_KEYS
+                                          if k in KEYS or f"mouth_bank.{k}" in tensors})
         except (KeyError, ValueError) as err:
             raise LipsyncError(f"{folder / WEIGHTS} holds a damaged mouth bank ({err}); retrain the model.") from None
     return LoadedModel(folder=folder, net=net, speaker=SpeakerData(**speaker), audio_norm=audio_norm, fps=fps,

@@ -241,23 +241,52 @@ def articulation_gain(net, data: TrainingData) -> float:
     return float(np.clip(speaker / spread, 1.0, MAX_ARTICULATION_GAIN))
 
 
-def make_mouth_bank(clip, options: TrainOptions, vertices: np.ndarray, frames: np.ndarray):
-    """The clip's mouth bank over ``frames`` (the training frames), from the atlas the texture
-    was learnt from; None when too few frames show the whole mouth."""
+def inner_lip_texels(uv: np.ndarray, size: int) -> np.ndarray:
+    """bool (size, size): the atlas texels inside the inner-lip contour of the UV layout (V, 2)."""
     import cv2
 
-    from .model.mouth_bank import build_mouth_bank
+    from .topology import load_topology
+
+    interior = np.zeros((size, size), np.uint8)
+    corners = np.asarray(uv)[load_topology().regions["lips_inner"]] * size - 0.5
+    cv2.fillPoly(interior, [np.round(corners * 16).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
+    return interior.astype(bool)
+
+
+def make_mouth_bank(clip, options: TrainOptions, vertices: np.ndarray, frames: np.ndarray, *,
+                    latents: np.ndarray | None = None, val: np.ndarray | None = None):
+    """The clip's mouth bank over ``frames`` (the training frames), from the atlas the texture
+    was learnt from; None when too few frames show the whole mouth. With the trained network's
+    audio codes of every frame (``latents`` (T, D)) and the validation frames ``val``, the bank
+    also learns to follow the teeth area the audio predicts (``add_teeth_readout``)."""
+    from .model.mouth_bank import add_teeth_readout, build_mouth_bank
     from .topology import load_topology
 
     regions = load_topology().regions
     lips = np.concatenate([regions["lips_inner"], regions["lips_outer"]])
-    size = clip.atlas_size
-    interior = np.zeros((size, size), np.uint8)
-    corners = np.array(clip.array("uv"))[regions["lips_inner"]] * size - 0.5
-    cv2.fillPoly(interior, [np.round(corners * 16).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
-    return build_mouth_bank(clip.array(_atlas_name(clip, options)), clip.array("atlas_mask"), vertices,
-                            clip.regions()["mouth"], frames, lips, interior=interior.astype(bool),
+    interior = inner_lip_texels(np.array(clip.array("uv")), clip.atlas_size)
+    atlas, atlas_mask, mouth = clip.array(_atlas_name(clip, options)), clip.array("atlas_mask"), clip.regions()["mouth"]
+    bank = build_mouth_bank(atlas, atlas_mask, vertices, mouth, frames, lips, interior=interior,
                             fill=reference_atlas(clip, options), size=options.mouth_bank_frames)
+    if bank is not None and latents is not None:
+        bank = add_teeth_readout(bank, atlas, atlas_mask, interior, mouth, latents, frames,
+                                 np.zeros(0, np.int64) if val is None else val)
+    return bank
+
+
+def audio_codes(net, windows: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """float32 (T, D): the network's audio code of each window (T, 1, n_mels, columns), in eval
+    mode, a chunk at a time on the network's device."""
+    import torch
+
+    was_training = net.training
+    net.eval()
+    device = next(net.parameters()).device
+    with torch.no_grad():
+        out = [net.codes(torch.from_numpy(np.ascontiguousarray(windows[i:i + chunk])).to(device)).cpu().numpy()
+               for i in range(0, len(windows), chunk)]
+    net.train(was_training)
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, net.config.latent), np.float32)
 
 
 def with_skin_detail(clip, options: TrainOptions, speaker, crop, frames: np.ndarray) -> np.ndarray:
@@ -565,7 +594,8 @@ def train(prepared: str | Path, out: str | Path, *, preset: str = "quick", optio
         speaker.reference_atlas = with_skin_detail(clip, options, speaker, net.config.crop, data.train)
     if options.calibrate_articulation:
         net.config.articulation_gain = articulation_gain(net, data)
-    bank = make_mouth_bank(clip, options, net_vertices, data.train) if options.mouth_bank else None
+    bank = make_mouth_bank(clip, options, net_vertices, data.train, latents=audio_codes(net, data.windows),
+                           val=data.val) if options.mouth_bank else None
     save_model(out, net.cpu(), speaker, audio_norm, fps=clip.fps, training=summary.to_dict(), mouth_bank=bank)
     folder = ModelFolder(out)
     folder.write_summary(summary)

@@ -294,3 +294,105 @@ def test_one_mouth_per_frame_is_sharper_than_a_blend_of_two(bank_and_clip):
     one = np.mean([patch_detail(m.round().astype(np.uint8), seen) for m in bank.mouths(vertices[others])])
     two = np.mean([patch_detail(m.round().astype(np.uint8), seen) for m in bank.mouths(vertices[others], 2)])
     assert one > two
+
+
+# ----- following the teeth the audio predicts ------------------------------------------------------
+
+PALE, LIP, SKIN, DARK = (235, 225, 200), (190, 70, 80), (215, 160, 130), (70, 25, 30)
+
+
+def mouth_patch(teeth_rows: int) -> np.ndarray:
+    """A 12x12 mouth: skin corners, a red lip ring, and a 6x6 inside whose first ``teeth_rows``
+    rows are pale teeth and the rest the dark cavity."""
+    p = np.empty((12, 12, 3), np.uint8)
+    p[:] = SKIN
+    p[2:10, 2:10] = LIP
+    p[3:9, 3:9] = DARK
+    p[3:3 + teeth_rows, 3:9] = PALE
+    return p
+
+
+def regions_of_patch():
+    inside = np.zeros((12, 12), bool)
+    inside[3:9, 3:9] = True
+    mouth = np.zeros((12, 12), bool)
+    mouth[2:10, 2:10] = True
+    return inside, mouth
+
+
+def test_teeth_fraction_counts_the_pale_texels_inside_the_lips():
+    from lipsync.model.mouth_bank import teeth_fraction, tooth_colours
+
+    inside, mouth = regions_of_patch()
+    patches = np.stack([mouth_patch(k) for k in (0, 2, 3)])
+    colours = tooth_colours(patches, mouth & ~inside, ~mouth)
+    assert colours is not None
+    for k in range(7):
+        assert teeth_fraction(mouth_patch(k), inside, colours) == pytest.approx(k / 6)
+    seen = np.ones((12, 12), bool)
+    seen[3:9, 3:6] = False  # half the inside unseen: counted over the seen half
+    assert teeth_fraction(mouth_patch(3), inside, colours, seen) == pytest.approx(0.5)
+    seen[3:9, 6] = False    # under half seen: unknown
+    assert np.isnan(teeth_fraction(mouth_patch(3), inside, colours, seen))
+    assert tooth_colours(patches, np.zeros((12, 12), bool), ~mouth) is None
+
+
+def test_the_teeth_readout_recovers_a_linear_signal_and_spreads_as_the_real_areas():
+    """Known truth: teeth areas linear in one of four audio-code dimensions plus noise. The read-out
+    predicts the held-out frames' areas, spreads as far as they do (the ridge alone hedges), and is
+    refused for a speaker whose footage shows no teeth."""
+    from lipsync.model.mouth_bank import TEETH_STRETCH, fit_teeth_probe
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(600, 4))
+    y = np.clip(0.1 + 0.06 * z[:, 2] + rng.normal(0, 0.02, 600), 0, 1)
+    y[5] = np.nan  # an unseen mouth is left out
+    train, val = np.arange(500), np.arange(500, 600)
+    probe, var = fit_teeth_probe(z, y, train, val)
+    assert probe.shape == (5,) and var == pytest.approx(np.nanvar(y[train]), rel=1e-6)
+    pred = z @ probe[:-1] + probe[-1]
+    assert np.corrcoef(pred[val], y[val])[0, 1] > 0.9
+    assert pred[val].std() == pytest.approx(y[val].std(), rel=1e-3)  # stretched to the real spread
+    assert abs(probe[2]) > 10 * np.abs(probe[[0, 1, 3]]).max()
+    # without validation frames it keeps the ridge's own (hedged, narrower) spread
+    hedged, _ = fit_teeth_probe(z, y, train, np.zeros(0, np.int64))
+    assert TEETH_STRETCH[0] == 1.0 and (z[val] @ hedged[:-1]).std() < 0.95 * y[val].std()
+    assert fit_teeth_probe(z, np.full(600, 0.02), train, val) is None
+
+
+def test_the_path_takes_the_mouth_with_the_teeth_the_audio_predicts():
+    """Two bank mouths with the same lip shape, one showing teeth and one not: by lip shape alone
+    the path cannot tell them apart (it keeps the first); with a read-out that expects teeth when
+    the code's first value is high, each frame gets the mouth the audio calls for, also when the
+    codes arrive one frame at a time as in a live stream, and the bank survives a round trip."""
+    from lipsync.model.mouth_bank import MouthPath
+
+    inside, mouth = regions_of_patch()
+    lips = lip_vertices()
+    shape = np.random.default_rng(1).normal(size=(len(lips), 3)).astype(np.float32)
+    mask = mouth_blend_mask(mouth, margin=1)
+    bank = MouthBank(box=np.array([0, 12, 0, 12]), patches=np.stack([mouth_patch(0), mouth_patch(4)]),
+                     shapes=np.stack([shape.reshape(-1)] * 2), vertices=lips, mask=mask,
+                     teeth=np.array([0.0, 4 / 6], np.float32), teeth_probe=np.array([0.5, 0.1, 0.1], np.float32),
+                     teeth_var=np.array([0.04], np.float32))
+    assert bank.follows_teeth
+    meshes = np.zeros((8, 468, 3), np.float32)
+    meshes[:, lips] = shape
+    codes = np.zeros((8, 2), np.float32)
+    codes[3:6, 0] = 1.2  # expects 0.7 of the inside as teeth on frames 3-5
+    np.testing.assert_array_equal(bank.frame_choice(meshes), [0] * 8)
+    np.testing.assert_array_equal(bank.frame_choice(meshes, codes), [0, 0, 0, 1, 1, 1, 0, 0])
+    path = MouthPath(bank)
+    streamed = [m for v, c in zip(meshes, codes) for m in path.push(v, c)] + path.finish()
+    np.testing.assert_array_equal(streamed, [0, 0, 0, 1, 1, 1, 0, 0])
+    again = MouthBank.from_arrays(bank.to_arrays())
+    assert again.follows_teeth and set(bank.to_arrays()) == {"box", "patches", "shapes", "vertices", "mask", "teeth", "teeth_probe", "teeth_var"}
+    np.testing.assert_array_equal(again.frame_choice(meshes, codes), [0, 0, 0, 1, 1, 1, 0, 0])
+    # a bank without the read-out (an older model's) ignores the codes
+    plain = MouthBank.from_arrays({k: v for k, v in bank.to_arrays().items() if not k.startswith("teeth")})
+    assert not plain.follows_teeth
+    np.testing.assert_array_equal(plain.frame_choice(meshes, codes), [0] * 8)
+    with pytest.raises(ValueError, match="teeth read-out"):
+        MouthBank(box=bank.box, patches=bank.patches, shapes=bank.shapes, vertices=lips, mask=mask, teeth=bank.teeth)
+    with pytest.raises(ValueError, match="audio codes"):
+        bank.frame_choice(meshes, np.zeros((8, 3), np.float32))

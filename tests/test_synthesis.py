@@ -254,19 +254,23 @@ def test_the_mouth_comes_from_the_mouth_bank(model, speech, tmp_path, monkeypatc
     bank = model.mouth_bank
     assert bank is not None and len(bank.patches) >= 50  # of the 3-second clip's 68 training frames
     seen: dict = {}
-    real_predict, real_composite = pipeline.predict, pipeline.composite_video
+    real_predict, real_composite = pipeline.predict_with_codes, pipeline.composite_video
 
     def predict_bank_shape(m, speech, fps, motion=1.0):
-        verts, crops = real_predict(m, speech, fps, motion)
+        verts, crops, codes = real_predict(m, speech, fps, motion)
         verts[:] = m.speaker.reference_vertices
         verts[:, bank.vertices] = bank.shapes[7].reshape(-1, 3)
-        return verts, crops
+        if bank.follows_teeth:  # audio codes that expect mouth 7's own teeth area
+            w, b = bank.teeth_probe[:-1].astype(np.float64), float(bank.teeth_probe[-1])
+            codes[:] = (float(bank.teeth[7]) - b) * w / (w @ w)
+            np.testing.assert_allclose(bank.expected_teeth(codes), bank.teeth[7], atol=1e-4)
+        return verts, crops, codes
 
     def spy(speaker, target, verts, texture_at, *args, **kwargs):
         seen["atlases"] = [texture_at(i) for i in range(0, len(verts), 5)]
         return real_composite(speaker, target, verts, texture_at, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "predict", predict_bank_shape)
+    monkeypatch.setattr(pipeline, "predict_with_codes", predict_bank_shape)
     monkeypatch.setattr(pipeline, "composite_video", spy)
     t, b, l, r = bank.box
     inside = bank.mask >= 1.0
@@ -293,3 +297,56 @@ def test_a_model_without_a_mouth_bank_still_synthesizes(model, speech, tmp_path)
     assert old.mouth_bank is None
     result = old.synthesize(out=tmp_path / "old.mp4", audio=speech)
     assert result.frames > 0 and (tmp_path / "old.mp4").stat().st_size > 0
+
+
+def test_training_teaches_the_bank_the_teeth_the_audio_predicts(model, prepared_grid, speech, tmp_path, monkeypatch):
+    """The GRID clip shows teeth, so training gives the bank a read-out of the teeth area from the
+    audio codes; on the clip's own frames it follows the mouths' real teeth areas, and synthesis
+    hands the path the codes of the speech it says."""
+    from lipsync.model.mouth_bank import MouthBank
+
+    bank = model.mouth_bank
+    assert bank.follows_teeth and len(bank.teeth_probe) == model.net.config.latent + 1
+    assert 0 <= bank.teeth.min() and bank.teeth.max() <= 1 and bank.teeth.std() > 0.01
+    seen = {}
+    real = MouthBank.frame_choice
+
+    def spy(self, vertices, latents=None):
+        seen["codes"] = latents
+        return real(self, vertices, latents)
+
+    monkeypatch.setattr(MouthBank, "frame_choice", spy)
+    r = model.synthesize(out=tmp_path / "talk.mp4", audio=speech, renderer="gl")
+    assert seen["codes"].shape == (r.frames, model.net.config.latent)
+
+
+def test_a_live_stream_chooses_the_mouths_offline_synthesis_chooses(model, prepared_grid, speech, tmp_path, monkeypatch):
+    """With the teeth read-out too, a stream (audio codes one window at a time) picks the same bank
+    mouths as offline synthesis (codes in batches) for the same speech."""
+    from lipsync.media import load_audio
+    from lipsync.model.mouth_bank import MouthPath
+    from lipsync.synthesis.pipeline import predict_with_codes
+
+    audio = load_audio(speech)
+    verts, _, codes = predict_with_codes(model, audio, 25.0)
+    offline = model.mouth_bank.frame_choice(verts, codes)
+    decided = []
+    real_push, real_finish = MouthPath.push, MouthPath.finish
+
+    def push(self, vertices, latent=None):
+        out = real_push(self, vertices, latent)
+        decided.extend(out)
+        return out
+
+    def finish(self):
+        out = real_finish(self)
+        decided.extend(out)
+        return out
+
+    monkeypatch.setattr(MouthPath, "push", push)
+    monkeypatch.setattr(MouthPath, "finish", finish)
+    session = model.live(prepared_grid.path, workdir=tmp_path / "live", renderer="gl")
+    frames = [f for i in range(0, len(audio), 640) for f in session.push(audio[i:i + 640])]
+    session.finish()
+    assert len(frames) > 0 and len(decided) == len(offline)
+    np.testing.assert_array_equal(decided, offline)

@@ -27,7 +27,7 @@ from lipsync.files import content_key
 from ..core import EVAL_CRF, RunContext, TestClip
 from . import Method, register
 
-VERSION = 2  # bump when training or synthesis changes in a way that invalidates cached models
+VERSION = 3  # bump when training or synthesis changes in a way that invalidates cached models
 
 
 def train_options(preset: str, **changes):

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lipsync.model.mouth_bank import is_tooth, lab
 from lipsync.topology import MOUTH_CORNERS
 
 from ..core import MetricValue, Sample
@@ -38,12 +39,6 @@ SKIN_PATCH = 0.08          # half-size of each skin patch, of the mouth width
 COLOUR_FRAMES = 50         # real frames (evenly spaced) the speaker's colours are taken from
 
 
-def lab(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """CIELAB of an RGB uint8 image: L* in 0-100, a*, b* around 0 (float32 each)."""
-    import cv2
-
-    x = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2LAB).astype(np.float32)
-    return x[..., 0] * (100.0 / 255.0), x[..., 1] - 128.0, x[..., 2] - 128.0
 
 
 def polygon_mask(shape: tuple[int, int], points: np.ndarray, origin=(0, 0)) -> np.ndarray:
@@ -81,8 +76,9 @@ class SpeakerColours:
     skin_chroma: float
 
     def is_tooth(self, L: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """Pixels as light as the lips and no redder nor more saturated than the skin."""
-        return (L >= self.lip_l) & (a <= self.skin_a) & (np.hypot(a, b) <= self.skin_chroma)
+        """Pixels as light as the lips and no redder nor more saturated than the skin (the rule the
+        mouth bank counts teeth by in the atlas)."""
+        return is_tooth(L, a, b, self.lip_l, self.skin_a, self.skin_chroma)
 
 
 def speaker_colours(frames: np.ndarray, landmarks: np.ndarray) -> SpeakerColours | None:

@@ -89,13 +89,20 @@ class TalkingFaceModel(nn.Module):
         return verts, crop
 
     @torch.no_grad()
-    def rollout(self, windows: torch.Tensor, motion: float = 1.0):
+    def codes(self, windows: torch.Tensor) -> torch.Tensor:
+        """Audio codes (T, latent) of windows (T, 1, n_mels, columns), 256 at a time (call in eval mode)."""
+        if not len(windows):
+            return torch.zeros(0, self.config.latent)
+        return torch.cat([self.audio(windows[i:i + 256]) for i in range(0, len(windows), 256)])
+
+    def rollout(self, windows: torch.Tensor, motion: float = 1.0, codes: torch.Tensor | None = None):
         """Auto-regressive inference over a sequence: each frame is conditioned on the previous
         frame's own prediction (the first on the reference crop).
 
         Returns vertices (T, V, 3) and crops (T, 3, H, W). Geometry does not depend on the previous
         frame, so it is computed for all frames at once (``motion``: see ``shapes``).
-        ``self.rollout_resets`` is set to the number of frames where the loop restarted.
+        ``self.rollout_resets`` is set to the number of frames where the loop restarted. ``codes``:
+        the windows' audio codes when the caller has them already (``codes``).
 
         The loop is guarded: fed its own output, it can jump into a state it never saw in
         training and stay there (a model of the ablation without lighting normalization did, on
@@ -106,7 +113,7 @@ class TalkingFaceModel(nn.Module):
         from it.
         """
         self.eval()
-        z = torch.cat([self.audio(windows[i:i + 256]) for i in range(0, len(windows), 256)])
+        z = self.codes(windows) if codes is None else codes
         verts = torch.cat([self.shapes(z[i:i + 256], motion) for i in range(0, len(z), 256)])
         crops = torch.empty(len(z), *self.reference_crop.shape)
         self.rollout_resets = 0

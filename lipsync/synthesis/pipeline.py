@@ -94,6 +94,13 @@ def check_mouth_motion(motion: float) -> float:
 def predict(model, audio: np.ndarray, fps: float, mouth_motion: float = 1.0):
     """Model outputs for 16 kHz ``audio`` at ``fps``: vertices (T,V,3) and crops (T,H,W,3) in [0,1].
     ``mouth_motion`` scales how far the face moves from its mean shape (1: as trained)."""
+    verts, crops, _ = predict_with_codes(model, audio, fps, mouth_motion)
+    return verts, crops
+
+
+def predict_with_codes(model, audio: np.ndarray, fps: float, mouth_motion: float = 1.0):
+    """``predict``'s vertices and crops, and the audio codes (T, D) the mouth bank follows the
+    teeth with (``MouthBank.frame_choice``)."""
     import torch
 
     from ..audio_features import audio_windows, frames_for_audio
@@ -103,9 +110,12 @@ def predict(model, audio: np.ndarray, fps: float, mouth_motion: float = 1.0):
         raise LipsyncError(f"the audio is shorter than one video frame ({len(audio) / 16000 * 1000:.0f} ms); give at least {1000 / fps:.0f} ms of speech.")
     windows = model.audio_norm.apply(audio_windows(audio, n, fps, columns=model.net.config.columns,
                                                              future=model.net.config.lookahead))[:, None]
+    model.net.eval()
     with torch.no_grad():
-        verts, crops = model.net.rollout(torch.from_numpy(windows), mouth_motion)
-    return verts.numpy(), crops.permute(0, 2, 3, 1).numpy()
+        w = torch.from_numpy(windows)
+        codes = model.net.codes(w)
+        verts, crops = model.net.rollout(w, mouth_motion, codes=codes)
+    return verts.numpy(), crops.permute(0, 2, 3, 1).numpy(), codes.numpy()
 
 
 def synthesize(model, *, out: str | Path, audio: str | Path | None = None, text: str | None = None,
@@ -139,7 +149,7 @@ def synthesize(model, *, out: str | Path, audio: str | Path | None = None, text:
         fps = target_clip.fps
         timings["prepare"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        verts, crops = predict(model, speech, fps, mouth_motion)
+        verts, crops, codes = predict_with_codes(model, speech, fps, mouth_motion)
         n = len(verts)
         active = speech_activity(speech, n, fps)
         notes = list(target_clip.notes)
@@ -156,7 +166,7 @@ def synthesize(model, *, out: str | Path, audio: str | Path | None = None, text:
         relight = bool(model.config.get("training", {}).get("options", {}).get("lighting_norm", True))
         bank = model.mouth_bank if mouth_bank else None
         if bank is not None:
-            bank_index = bank.frame_choice(verts)
+            bank_index = bank.frame_choice(verts, codes)
 
         def texture_at(i: int) -> np.ndarray:
             atlas = assemble_atlas(sp.reference_atlas, crops[i] - ref_crop, box, mask)

@@ -295,7 +295,7 @@ class LiveSession:
                 self._prev, reset = net.texture_step(z, self._prev, t)
             self.resets += reset
             if self.bank is not None:
-                self._mouths += self._path.push(verts)
+                self._mouths += self._path.push(verts, z[0].numpy())
             self._pending.append((verts, self._prev[0].permute(1, 2, 0).numpy()))
             self.predicted += 1
             self.spec.forget_before(self._centre(t + 1) + int(self.offsets[0]))
