@@ -350,3 +350,25 @@ def test_a_live_stream_chooses_the_mouths_offline_synthesis_chooses(model, prepa
     session.finish()
     assert len(frames) > 0 and len(decided) == len(offline)
     np.testing.assert_array_equal(decided, offline)
+
+
+def test_bank_teeth_tool_reports_both_choices(model, prepared_grid, tmp_path, capsys):
+    """``tools/bank_teeth.py`` on the model's own clip: the teeth area of the mouths chosen by lip
+    shape alone and with the teeth read-out, against the real atlases; a model without a bank is
+    one sentence and exit 2."""
+    import importlib.util
+
+    from conftest import ROOT
+    from lipsync.model_io import save_model
+
+    spec = importlib.util.spec_from_file_location("bank_teeth", ROOT / "tools" / "bank_teeth.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(["--model", str(model.folder), str(prepared_grid.path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["frames"] > 50 and report["frames_with_teeth"] > 5
+    for name in ("lip shape", "lip shape and teeth read-out"):
+        assert 0 < report[name]["teeth_ratio"] < 3 and -1 <= report[name]["teeth_corr"] <= 1
+    save_model(tmp_path / "plain", model.net, model.speaker, model.audio_norm, fps=model.fps, training=model.config["training"])
+    assert tool.main(["--model", str(tmp_path / "plain"), str(prepared_grid.path)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'plain'} has no mouth bank."

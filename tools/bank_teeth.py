@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     from lipsync.model.mouth_bank import teeth_fraction, tooth_colours
     from lipsync.model_io import load_model
     from lipsync.prepared import open_prepared
-    from lipsync.synthesis.pipeline import predict_with_codes
+    from lipsync.synthesis.pipeline import predict_shapes
     from lipsync.training import inner_lip_texels
 
     try:
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
         real_all = []
         for folder in args.prepared:
             clip = open_prepared(folder)
-            verts, _, codes = predict_with_codes(model, clip.audio()[0], clip.fps)
+            verts, codes = predict_shapes(model, clip.audio()[0], clip.fps)
             atlas, seen, valid = clip.array("atlas"), clip.array("atlas_mask"), np.asarray(clip.array("valid"), bool)
             n = min(len(verts), clip.num_frames)
             use = np.flatnonzero(valid[:n])

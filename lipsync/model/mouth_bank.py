@@ -33,8 +33,8 @@ the speaker shows (``fit_teeth_probe``, fitted on the training frames after trai
 so its predictions spread as far as the real areas on the validation frames: a regression hedges
 towards the mean). The path's cost adds the squared difference between a mouth's teeth area and
 the predicted one (``TEETH_WEIGHT``). On the GRID evaluation clips (atlas space, the same network,
-``tools/bank_teeth.py``) the chosen mouths showed 0.84 of the real mouths' teeth area instead of
-0.73, and their teeth followed the real ones more closely (per-frame correlation 0.69 instead of
+``tools/bank_teeth.py``) the chosen mouths showed 0.80 of the real mouths' teeth area instead of
+0.69, and their teeth followed the real ones more closely (per-frame correlation 0.69 instead of
 0.61); the network's own predicted texture as the key instead moved neither (it is too soft to
 show teeth), nor did the bank mouths' own training audio. Banks without the read-out choose by
 lip shape alone.

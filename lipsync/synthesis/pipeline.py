@@ -103,6 +103,26 @@ def predict_with_codes(model, audio: np.ndarray, fps: float, mouth_motion: float
     teeth with (``MouthBank.frame_choice``)."""
     import torch
 
+    w, codes = _codes(model, audio, fps)
+    with torch.no_grad():
+        verts, crops = model.net.rollout(w, mouth_motion, codes=codes)
+    return verts.numpy(), crops.permute(0, 2, 3, 1).numpy(), codes.numpy()
+
+
+def predict_shapes(model, audio: np.ndarray, fps: float, mouth_motion: float = 1.0):
+    """The vertices (T, V, 3) and audio codes (T, D) of ``predict_with_codes``, without the texture."""
+    import torch
+
+    _, codes = _codes(model, audio, fps)
+    with torch.no_grad():
+        return model.net.shapes(codes, mouth_motion).numpy(), codes.numpy()
+
+
+def _codes(model, audio: np.ndarray, fps: float):
+    """The normalized audio windows (T, 1, n_mels, columns) of ``audio`` at ``fps`` and their codes
+    (T, D), as torch tensors; the network is left in eval mode."""
+    import torch
+
     from ..audio_features import audio_windows, frames_for_audio
 
     n = frames_for_audio(len(audio), fps)
@@ -113,9 +133,7 @@ def predict_with_codes(model, audio: np.ndarray, fps: float, mouth_motion: float
     model.net.eval()
     with torch.no_grad():
         w = torch.from_numpy(windows)
-        codes = model.net.codes(w)
-        verts, crops = model.net.rollout(w, mouth_motion, codes=codes)
-    return verts.numpy(), crops.permute(0, 2, 3, 1).numpy(), codes.numpy()
+        return w, model.net.codes(w)
 
 
 def synthesize(model, *, out: str | Path, audio: str | Path | None = None, text: str | None = None,
