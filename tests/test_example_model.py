@@ -40,6 +40,7 @@ def test_shipped_model_loads_and_reproduces_its_recorded_outputs():
     assert summary["options"] == options and options["mouth_bank_frames"] == example_model.BANK_FRAMES
     assert summary["frames_train"] + summary["frames_val"] >= 4000  # trained on the 3-minute clip, not the 3-second one
     assert model.mouth_bank is not None and len(model.mouth_bank.patches) == example_model.BANK_FRAMES
+    assert model.mouth_bank.follows_teeth  # made with the teeth read-out
     assert_reproduces(folder)
     size = sum(f.stat().st_size for f in folder.iterdir())
     assert (folder / "model.safetensors").stat().st_size < 5e6 and size < 6e6, f"the shipped model takes {size / 1e6:.1f} MB"
