@@ -95,6 +95,7 @@ class TalkingFaceModel(nn.Module):
             return torch.zeros(0, self.config.latent)
         return torch.cat([self.audio(windows[i:i + 256]) for i in range(0, len(windows), 256)])
 
+    @torch.no_grad()
     def rollout(self, windows: torch.Tensor, motion: float = 1.0, codes: torch.Tensor | None = None):
         """Auto-regressive inference over a sequence: each frame is conditioned on the previous
         frame's own prediction (the first on the reference crop).
@@ -102,7 +103,7 @@ class TalkingFaceModel(nn.Module):
         Returns vertices (T, V, 3) and crops (T, 3, H, W). Geometry does not depend on the previous
         frame, so it is computed for all frames at once (``motion``: see ``shapes``).
         ``self.rollout_resets`` is set to the number of frames where the loop restarted. ``codes``:
-        the windows' audio codes when the caller has them already (``codes``).
+        the windows' audio codes when the caller has them already (see ``codes``).
 
         The loop is guarded: fed its own output, it can jump into a state it never saw in
         training and stay there (a model of the ablation without lighting normalization did, on
