@@ -39,8 +39,6 @@ SKIN_PATCH = 0.08          # half-size of each skin patch, of the mouth width
 COLOUR_FRAMES = 50         # real frames (evenly spaced) the speaker's colours are taken from
 
 
-
-
 def polygon_mask(shape: tuple[int, int], points: np.ndarray, origin=(0, 0)) -> np.ndarray:
     """bool (H, W) mask of the polygon ``points`` (N, 2) in pixels, given relative to ``origin``
     (x, y) of the mask; drawn at 1/16 pixel precision."""
